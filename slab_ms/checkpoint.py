@@ -1,0 +1,61 @@
+"""MindSpore checkpoint I/O with strict loading (every missing, unexpected or mis-shaped
+parameter is named) and atomic writes."""
+import os
+import tempfile
+
+import numpy as np
+import mindspore as ms
+
+from .convert.torch_io import CheckpointError
+
+
+def read_ms_checkpoint(path):
+    """``{name: np.ndarray}`` from a MindSpore ``.ckpt`` (protobuf: no code is run)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file")
+    try:
+        params = ms.load_checkpoint(path)
+    except Exception as e:  # MindSpore raises ValueError/RuntimeError with multi-line text
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({first})") from None
+    if not params:
+        raise CheckpointError(f"{path}: the MindSpore checkpoint holds no parameters")
+    return {name: p.asnumpy() for name, p in params.items()}
+
+
+def save_ms_checkpoint(params, path):
+    """Write ``{name: np.ndarray}`` as a ``.ckpt``, via a temp file renamed into place."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=directory)
+    os.close(fd)
+    try:
+        ms.save_checkpoint([{"name": k, "data": ms.Tensor(np.asarray(v))} for k, v in params.items()], tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_param_dict(net, params, what="checkpoint"):
+    """Strictly copy ``{name: array}`` into ``net``; raises naming every problem, loads nothing then."""
+    own = dict(net.parameters_and_names())
+    missing = [k for k in own if k not in params]
+    unexpected = [k for k in params if k not in own]
+    mismatched = [f"{k} {list(np.shape(params[k]))} vs model {list(own[k].shape)}"
+                  for k in own if k in params and tuple(np.shape(params[k])) != tuple(own[k].shape)]
+    problems = []
+    for kind, names in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched)):
+        if names:
+            problems.append(f"{len(names)} {kind}: {', '.join(names)}")
+    if problems:
+        raise CheckpointError(f"{what} does not fit {type(net).__name__}; " + "; ".join(problems))
+    for name, param in own.items():
+        param.set_data(ms.Tensor(np.asarray(params[name]), dtype=param.dtype))
+
+
+def load_checkpoint(net, path):
+    """Load a MindSpore ``.ckpt`` into ``net`` strictly (PRepBN counters included)."""
+    load_param_dict(net, read_ms_checkpoint(path), what=path)
+    return net

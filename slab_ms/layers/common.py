@@ -1,0 +1,52 @@
+"""Small building blocks shared by every family: MLP, stochastic depth, initializers."""
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.common import initializer as init
+
+
+class Mlp(nn.Cell):
+    """fc1 -> exact (erf) GELU -> dropout -> fc2 -> dropout, as timm's Mlp."""
+
+    def __init__(self, in_features, hidden_features=None, out_features=None, drop=0.0):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.fc1 = nn.Dense(in_features, hidden_features)
+        self.act = nn.GELU(approximate=False)  # MindSpore defaults to the tanh approximation
+        self.fc2 = nn.Dense(hidden_features, out_features)
+        self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
+
+    def construct(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth per sample (timm's ``drop_path``): zero a residual branch with
+    probability ``drop_prob`` and rescale the kept ones by ``1 / (1 - drop_prob)``."""
+
+    def __init__(self, drop_prob=0.0):
+        super().__init__()
+        self.keep_prob = 1.0 - drop_prob
+
+    def construct(self, x):
+        if not self.training or self.keep_prob == 1.0:
+            return x
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = ops.floor(self.keep_prob + ops.rand(shape, dtype=ms.float32)).astype(x.dtype)
+        return x / self.keep_prob * mask
+
+
+def drop_path_rates(drop_path_rate, total_depth):
+    """Linearly increasing stochastic depth over all blocks (``torch.linspace`` rule)."""
+    if total_depth == 1:
+        return [0.0]
+    return [drop_path_rate * i / (total_depth - 1) for i in range(total_depth)]
+
+
+def init_weights_trunc_normal(net, std=0.02):
+    """timm/upstream init: Dense weights ~ trunc_normal(std), Dense biases 0."""
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, nn.Dense):
+            cell.weight.set_data(init.initializer(init.TruncatedNormal(std), cell.weight.shape, cell.weight.dtype))
+            if cell.bias is not None:
+                cell.bias.set_data(init.initializer(init.Zero(), cell.bias.shape, cell.bias.dtype))

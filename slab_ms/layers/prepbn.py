@@ -1,0 +1,148 @@
+"""RepBN and PRepBN (progressive re-parameterized BatchNorm), SLAB paper section 3.
+
+Upstream names: ``RepBN`` and ``LinearNorm`` in ``classification/models/prepbn.py``.
+Parameter names mirror the PyTorch state dict; only BatchNorm/LayerNorm suffixes
+differ (``gamma``/``beta``/``moving_mean``/``moving_variance``).
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+
+class TokenBatchNorm(nn.Cell):
+    """BatchNorm over the channel axis of (B, N, C) tokens, with PyTorch semantics.
+
+    Equivalent to ``torch.nn.BatchNorm1d`` applied to the (B, C, N) view: statistics over
+    B and N, biased variance for normalization, unbiased variance in the running average,
+    torch momentum 0.1 (MindSpore momentum 0.9). Written out instead of ``nn.BatchNorm1d``
+    because PRepBN must be able to skip the running-statistics update (its warm-up phase
+    never calls the BN in upstream) and because ``num_batches_tracked`` is part of the
+    checkpoint layout. Statistics are always computed in float32, also under AMP.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.gamma = Parameter(Tensor(np.ones(num_features, np.float32)), name="gamma")
+        self.beta = Parameter(Tensor(np.zeros(num_features, np.float32)), name="beta")
+        self.moving_mean = Parameter(Tensor(np.zeros(num_features, np.float32)), name="moving_mean",
+                                     requires_grad=False)
+        self.moving_variance = Parameter(Tensor(np.ones(num_features, np.float32)), name="moving_variance",
+                                         requires_grad=False)
+        self.num_batches_tracked = Parameter(Tensor(0, ms.int64), name="num_batches_tracked", requires_grad=False)
+
+    def affine(self):
+        """The eval-mode map as ``(scale, shift)``: ``bn(x) = scale * x + shift`` per channel."""
+        inv_std = ops.rsqrt(self.moving_variance + self.eps)
+        scale = self.gamma * inv_std
+        return scale, self.beta - self.moving_mean * scale
+
+    def construct(self, x, update_stats=None):
+        if not self.training:
+            scale, shift = self.affine()
+            return (x.astype(ms.float32) * scale + shift).astype(x.dtype)
+        xf = x.astype(ms.float32).reshape(-1, self.num_features)
+        mean = xf.mean(axis=0)
+        centered = xf - mean
+        var = (centered * centered).mean(axis=0)
+        y = centered * ops.rsqrt(var + self.eps) * self.gamma + self.beta
+        self._update_running_stats(ops.stop_gradient(mean), ops.stop_gradient(var), xf.shape[0], update_stats)
+        return y.reshape(x.shape).astype(x.dtype)
+
+    def _update_running_stats(self, mean, var, n, update):
+        unbiased = var * (n / max(n - 1, 1))
+        m = self.momentum
+        new_mean = (1.0 - m) * self.moving_mean + m * mean
+        new_var = (1.0 - m) * self.moving_variance + m * unbiased
+        step = ops.ones_like(self.num_batches_tracked)
+        if update is not None:  # a bool tensor from PRepBN: keep the statistics during warm-up
+            new_mean = ops.select(update, new_mean, self.moving_mean)
+            new_var = ops.select(update, new_var, self.moving_variance)
+            step = ops.select(update, step, ops.zeros_like(step))
+        ops.assign(self.moving_mean, new_mean)
+        ops.assign(self.moving_variance, new_var)
+        ops.assign(self.num_batches_tracked, self.num_batches_tracked + step)
+
+
+class RepBN(nn.Cell):
+    """``RepBN(x) = BN(x) + alpha * x`` (SPEC section 1); alpha is one learnable scalar."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.alpha = Parameter(Tensor(np.ones(1, np.float32)), name="alpha")
+        self.bn = TokenBatchNorm(dim, eps=eps)
+
+    def affine(self):
+        """Lemma 4.1: in eval mode ``RepBN(x) = a * x + b`` with ``a = gamma/sqrt(var+eps) + alpha``."""
+        scale, shift = self.bn.affine()
+        return scale + self.alpha, shift
+
+    def construct(self, x, update_stats=None):
+        return self.bn(x, update_stats) + (self.alpha * x.astype(ms.float32)).astype(x.dtype)
+
+
+class PRepBN(nn.Cell):
+    """Progressive RepBN, upstream ``LinearNorm(norm1=LayerNorm, norm2=RepBN)`` (SPEC section 2).
+
+    Training: while ``warm > 0`` it decrements ``warm`` and returns ``norm1(x)`` (the BN
+    statistics do not move). Afterwards ``lam = r0 * iter / total_step`` is read *before*
+    ``iter`` is decremented (never below 0) and the output is
+    ``lam * norm1(x) + (1 - lam) * norm2(x)``. Eval: ``norm2(x)`` only.
+
+    The counters are non-trainable int64 Parameters, so they are saved in checkpoints and
+    updated inside ``construct`` in GRAPH_MODE. Branch-free (``select``) so that the graph
+    has no data-dependent control flow: during warm-up ``lam`` is exactly 1, which gives
+    ``norm1(x)`` bit for bit.
+    """
+
+    def __init__(self, dim, total_step=300000, warm=0, r0=1.0, ln_eps=1e-5):
+        super().__init__()
+        self.warm = Parameter(Tensor(warm, ms.int64), name="warm", requires_grad=False)
+        self.iter = Parameter(Tensor(total_step, ms.int64), name="iter", requires_grad=False)
+        self.total_step = Parameter(Tensor(total_step, ms.int64), name="total_step", requires_grad=False)
+        self.r0 = r0
+        self.norm1 = nn.LayerNorm((dim,), epsilon=ln_eps)
+        self.norm2 = RepBN(dim)
+
+    def set_schedule(self, total_step, warm=0):
+        """Restart the schedule: ``iter = total_step`` (the trainer calls this at step 0)."""
+        for p, v in ((self.warm, warm), (self.iter, total_step), (self.total_step, total_step)):
+            p.set_data(Tensor(int(v), ms.int64))
+
+    def lam(self):
+        """Current LayerNorm weight (1 during warm-up), as the next training forward will use it."""
+        warm, it, total = (int(p.asnumpy()) for p in (self.warm, self.iter, self.total_step))
+        return 1.0 if warm > 0 else float(np.float32(self.r0 * it) / np.float32(total))
+
+    def affine(self):
+        return self.norm2.affine()
+
+    def construct(self, x):
+        if not self.training:
+            return self.norm2(x)
+        warm = self.warm
+        it = self.iter
+        in_warm = warm > 0
+        scheduled = self.r0 * it.astype(ms.float32) / self.total_step.astype(ms.float32)
+        lam = ops.select(in_warm, ops.ones_like(scheduled), scheduled)
+        zero = ops.zeros_like(warm)
+        one = ops.ones_like(warm)
+        ops.assign(self.warm, warm - ops.select(in_warm, one, zero))
+        ops.assign(self.iter, it - ops.select(ops.logical_and(ops.logical_not(in_warm), it > 0), one, zero))
+        x1 = self.norm1(x)
+        x2 = self.norm2(x, ops.logical_not(in_warm))
+        lam = lam.astype(x1.dtype)
+        return lam * x1 + (1 - lam) * x2
+
+
+def build_norm(kind, dim, total_step=None, ln_eps=1e-5):
+    """Norm factory per family: ``'prepbn'`` (progressive), ``'repbn'`` (plain) or ``'layernorm'``."""
+    if kind == "prepbn":
+        return PRepBN(dim, total_step=total_step, ln_eps=ln_eps)
+    if kind == "repbn":
+        return RepBN(dim)
+    if kind == "layernorm":
+        return nn.LayerNorm((dim,), epsilon=ln_eps)
+    raise ValueError(f"unknown norm kind {kind!r}; expected 'prepbn', 'repbn' or 'layernorm'")

@@ -1,0 +1,39 @@
+"""Model registry: ``@register_model`` constructors that only fill in sizes (timm/mindcv style)."""
+_MODELS = {}
+
+
+def register_model(fn):
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models():
+    return sorted(_MODELS)
+
+
+def is_model(name):
+    return name in _MODELS
+
+
+def create_model(name, **overrides):
+    """Build a registered model; keyword overrides (``embed_dim``, ``depths``, ``num_heads``,
+    ``img_size``, ``num_classes``, ``drop_path_rate``, ``attn_type``, ``window_size``, ...) replace
+    the registered defaults."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    try:
+        return _MODELS[name](**overrides)
+    except TypeError as e:  # an override the family does not take
+        raise ValueError(f"bad arguments for {name}: {e}") from None
+
+
+def register_with_mindcv():
+    """Make ``mindcv.create_model(name)`` find the slab_ms models."""
+    try:
+        from mindcv.models import registry as mindcv_registry
+    except Exception:  # mindcv missing or broken: slab_ms still works on its own
+        return False
+    for name, fn in _MODELS.items():
+        if name not in mindcv_registry._model_entrypoints:
+            mindcv_registry.register_model(fn)
+    return True

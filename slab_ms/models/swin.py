@@ -1,0 +1,319 @@
+"""Swin Transformer with PRepBN/RepBN and SLA: SLAB-Swin (upstream ``SlabSwinTransformer``)
+and Swin-RepBN (upstream ``SwinTransformer`` with ``norm_layer=RepBN``).
+
+Cells are registered in the order of the PyTorch modules and parameters keep the PyTorch
+names, so the state-dict layout is the upstream one (shared/reference/checkpoints).
+Tensors that upstream keeps as buffers but the model can compute (``relative_position_index``,
+``attn_mask``) are constants here and reported by ``torch_buffers()`` for the converter.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common import initializer as init
+
+from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_normal
+from ..layers.prepbn import build_norm
+from ..layers.sla import SimplifiedLinearAttention
+from .registry import register_model
+
+
+def relative_position_index(window_size):
+    """Swin's (N, N) index into the (2w-1)^2 relative position bias table, N = w*w."""
+    coords = np.stack(np.meshgrid(np.arange(window_size), np.arange(window_size), indexing="ij")).reshape(2, -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (window_size - 1)
+    return (rel[:, :, 0] * (2 * window_size - 1) + rel[:, :, 1]).astype(np.int64)
+
+
+def window_partition_np(x, window_size):
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // window_size, window_size, w // window_size, window_size, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
+
+
+def shifted_window_mask(resolution, window_size, shift_size):
+    """The (nW, N, N) mask of shifted-window attention: 0 within a region, -100 across."""
+    h, w = resolution
+    img = np.zeros((1, h, w, 1), np.float32)
+    cuts = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
+    region = 0
+    for hs in cuts:
+        for ws in cuts:
+            img[:, hs, ws, :] = region
+            region += 1
+    windows = window_partition_np(img, window_size).reshape(-1, window_size * window_size)
+    diff = windows[:, None, :] - windows[:, :, None]
+    return np.where(diff != 0, np.float32(-100.0), np.float32(0.0)).astype(np.float32)
+
+
+def roll_hw(x, shift):
+    """``torch.roll(x, (shift, shift), dims=(1, 2))`` on (B, H, W, C) by slicing (portable to CPU)."""
+    h, w = x.shape[1], x.shape[2]
+    sh, sw = shift % h, shift % w
+    x = ops.concat((x[:, h - sh:], x[:, :h - sh]), axis=1)
+    return ops.concat((x[:, :, w - sw:], x[:, :, :w - sw]), axis=2)
+
+
+class WindowAttention(nn.Cell):
+    """Swin's window softmax attention with a relative position bias and an optional -100 mask."""
+
+    def __init__(self, dim, window_size, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = Parameter(
+            init.initializer(init.TruncatedNormal(0.02), ((2 * window_size - 1) ** 2, num_heads), ms.float32),
+            name="relative_position_bias_table")
+        self._relative_position_index = relative_position_index(window_size)
+        self.relative_position_index = Tensor(self._relative_position_index.reshape(-1).astype(np.int32))
+        self.qkv = nn.Dense(dim, dim * 3, has_bias=qkv_bias)
+        self.attn_drop = nn.Dropout(p=attn_drop) if attn_drop > 0 else nn.Identity()
+        self.proj = nn.Dense(dim, dim)
+        self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
+
+    def torch_buffers(self):
+        return {"relative_position_index": self._relative_position_index}
+
+    def construct(self, x, mask=None):
+        b, n, c = x.shape
+        h = self.num_heads
+        qkv = self.qkv(x).reshape(b, n, 3, h, c // h).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+        attn = ops.matmul(q, k.transpose(0, 1, 3, 2))
+        bias = ops.gather(self.relative_position_bias_table, self.relative_position_index, 0)
+        attn = attn + bias.reshape(n, n, h).transpose(2, 0, 1).expand_dims(0).astype(attn.dtype)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = attn.reshape(b // nw, nw, h, n, n) + mask.expand_dims(1).expand_dims(0).astype(attn.dtype)
+            attn = attn.reshape(b, h, n, n)
+        attn = self.attn_drop(ops.softmax(attn, axis=-1))
+        x = ops.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c)
+        return self.proj_drop(self.proj(x))
+
+
+class SwinBlock(nn.Cell):
+    """Pre-norm block: ``x + attn(norm1(x))`` over (shifted) windows, then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim, input_resolution, num_heads, window_size, shift_size, mlp_ratio, qkv_bias, drop,
+                 attn_drop, drop_path, attn_type, norm, total_step, ln_eps, kernel_size):
+        super().__init__()
+        self.input_resolution = tuple(input_resolution)
+        if min(input_resolution) <= window_size:  # no partition when the window covers the map
+            shift_size = 0
+            window_size = min(input_resolution)
+        if not 0 <= shift_size < window_size:
+            raise ValueError(f"shift_size {shift_size} must be in [0, window_size={window_size})")
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.attn_type = attn_type
+        self.norm1 = build_norm(norm, dim, total_step, ln_eps)
+        if attn_type == "L":
+            self.attn = SimplifiedLinearAttention(dim, window_size * window_size, num_heads, qkv_bias=qkv_bias,
+                                                  attn_drop=attn_drop, proj_drop=drop, kernel_size=kernel_size)
+        elif attn_type == "S":
+            self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                                        proj_drop=drop)
+        else:
+            raise ValueError(f"attention type must be 'L' (SLA) or 'S' (softmax), got {attn_type!r}")
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = build_norm(norm, dim, total_step, ln_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        if shift_size > 0:
+            self._attn_mask = shifted_window_mask(self.input_resolution, window_size, shift_size)
+            self.attn_mask = Tensor(self._attn_mask)
+        else:
+            self._attn_mask = None
+            self.attn_mask = None
+
+    def torch_buffers(self):
+        return {} if self._attn_mask is None else {"attn_mask": self._attn_mask}
+
+    def _partition(self, x):
+        b, h, w, c = x.shape
+        ws = self.window_size
+        if ws == h and ws == w:
+            return x.reshape(b, h * w, c)
+        x = x.reshape(b, h // ws, ws, w // ws, ws, c).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(-1, ws * ws, c)
+
+    def _reverse(self, windows, b):
+        h, w = self.input_resolution
+        ws = self.window_size
+        c = windows.shape[-1]
+        if ws == h and ws == w:
+            return windows.reshape(b, h, w, c)
+        x = windows.reshape(b, h // ws, w // ws, ws, ws, c).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, h, w, c)
+
+    def construct(self, x):
+        h, w = self.input_resolution
+        b, length, c = x.shape
+        shortcut = x
+        x = self.norm1(x).reshape(b, h, w, c)
+        if self.shift_size > 0:
+            x = roll_hw(x, -self.shift_size)
+        x = self.attn(self._partition(x), self.attn_mask)
+        x = self._reverse(x, b)
+        if self.shift_size > 0:
+            x = roll_hw(x, self.shift_size)
+        x = shortcut + self.drop_path(x.reshape(b, length, c))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Cell):
+    """2x2 neighbourhood concat (x0, x1, x2, x3 = (0,0), (1,0), (0,1), (1,1)) -> norm -> Linear 4C->2C."""
+
+    def __init__(self, input_resolution, dim, norm, total_step, ln_eps):
+        super().__init__()
+        self.input_resolution = tuple(input_resolution)
+        self.dim = dim
+        self.reduction = nn.Dense(4 * dim, 2 * dim, has_bias=False)
+        self.norm = build_norm(norm, 4 * dim, total_step, ln_eps)
+
+    def construct(self, x):
+        h, w = self.input_resolution
+        b, _, c = x.shape
+        # (B, H/2, dh, W/2, dw, C) -> (B, H/2, W/2, dw, dh, C): channel blocks ordered dw-major, dh-minor.
+        x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5)
+        x = x.reshape(b, (h // 2) * (w // 2), 4 * c)
+        return self.reduction(self.norm(x))
+
+
+class BasicLayer(nn.Cell):
+    def __init__(self, dim, input_resolution, depth, num_heads, window_sizes, mlp_ratio, qkv_bias, drop, attn_drop,
+                 drop_paths, attn_type, norm, total_step, ln_eps, kernel_size, downsample):
+        super().__init__()
+        self.blocks = nn.CellList([
+            SwinBlock(dim, input_resolution, num_heads, window_sizes[i],
+                      0 if i % 2 == 0 else window_sizes[i] // 2, mlp_ratio, qkv_bias, drop, attn_drop,
+                      drop_paths[i], attn_type, norm, total_step, ln_eps, kernel_size)
+            for i in range(depth)])
+        self.downsample = (PatchMerging(input_resolution, dim, norm, total_step, ln_eps) if downsample else None)
+
+    def construct(self, x):
+        for blk in self.blocks:
+            x = blk(x)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+
+class PatchEmbed(nn.Cell):
+    """Non-overlapping patch_size conv, flattened to (B, N, C), then the norm."""
+
+    def __init__(self, img_size, patch_size, in_chans, embed_dim, norm, total_step, ln_eps):
+        super().__init__()
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid = img_size // patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, pad_mode="valid", has_bias=True)
+        self.norm = build_norm(norm, embed_dim, total_step, ln_eps) if norm else None
+
+    def construct(self, x):
+        x = self.proj(x)
+        b, c = x.shape[0], x.shape[1]
+        x = x.reshape(b, c, -1).transpose(0, 2, 1)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x
+
+
+class SwinTransformer(nn.Cell):
+    """Swin with per-stage attention type (``attn_type``: 'L' = SLA, 'S' = window softmax) and a
+    PRepBN/RepBN norm everywhere a LayerNorm was.
+
+    SLA stages use ``window_size`` (clipped to the stage resolution: global attention at 56
+    and 28 for 224 input); softmax stages keep 7x7 shifted windows (12 when
+    ``window_size > 56``), as upstream's ``BasicLayer`` does.
+    """
+
+    def __init__(self, img_size=224, patch_size=4, in_chans=3, num_classes=1000, embed_dim=96, depths=(2, 2, 6, 2),
+                 num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
+                 attn_drop_rate=0.0, drop_path_rate=0.1, attn_type="SSSS", norm="repbn", total_step=60000,
+                 ln_eps=1e-5, kernel_size=5, patch_norm=True):
+        super().__init__()
+        depths, num_heads = list(depths), list(num_heads)
+        if not (len(depths) == len(num_heads) == len(attn_type)):
+            raise ValueError(f"depths {depths}, num_heads {num_heads} and attn_type {attn_type!r} "
+                             "must have one entry per stage")
+        if img_size % (patch_size * 2 ** (len(depths) - 1)):
+            raise ValueError(f"img_size {img_size} must be divisible by patch_size * 2^(stages-1)")
+        self.num_classes = num_classes
+        self.num_layers = len(depths)
+        self.embed_dim = embed_dim
+        self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
+        self.img_size = img_size
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm if patch_norm else None,
+                                      total_step, ln_eps)
+        self.pos_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
+        dpr = drop_path_rates(drop_path_rate, sum(depths))
+        grid = img_size // patch_size
+        softmax_window = 7 if window_size <= 56 else 12
+        layers = []
+        for i in range(self.num_layers):
+            res = (grid // 2 ** i, grid // 2 ** i)
+            kind = attn_type[i]
+            win = window_size if kind == "L" else softmax_window
+            layers.append(BasicLayer(
+                int(embed_dim * 2 ** i), res, depths[i], num_heads[i], [win] * depths[i], mlp_ratio, qkv_bias,
+                drop_rate, attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])], kind, norm, total_step,
+                ln_eps, kernel_size, downsample=i < self.num_layers - 1))
+        self.layers = nn.CellList(layers)
+        self.norm = build_norm(norm, self.num_features, total_step, ln_eps)
+        self.head = nn.Dense(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        init_weights_trunc_normal(self)
+
+    def forward_features(self, x):
+        x = self.pos_drop(self.patch_embed(x))
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+    def forward_head(self, x):
+        return self.head(x.mean(axis=1))
+
+    def construct(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def _swin(defaults, kwargs):
+    cfg = dict(defaults)
+    if kwargs.pop("pretrained", False):
+        raise ValueError("pretrained weights are not downloaded by slab_ms: convert an official checkpoint "
+                         "with convert.py and load it with slab_ms.load_checkpoint")
+    if "in_channels" in kwargs:  # mindcv.create_model passes in_channels
+        kwargs["in_chans"] = kwargs.pop("in_channels")
+    cfg.update(kwargs)
+    return SwinTransformer(**cfg)
+
+
+_SLAB_SWIN = dict(window_size=56, attn_type="LLSS", norm="prepbn", total_step=60000, ln_eps=1e-5)
+
+
+@register_model
+def slab_swin_tiny(pretrained=False, **kwargs):
+    """SLAB-Swin-T: SLA in stages 1-2 (global), PRepBN over 60k steps; 81.8% top-1."""
+    return _swin(dict(_SLAB_SWIN, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                      drop_path_rate=0.2), kwargs)
+
+
+@register_model
+def slab_swin_small(pretrained=False, **kwargs):
+    """SLAB-Swin-S; 83.6% top-1."""
+    return _swin(dict(_SLAB_SWIN, embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
+                      drop_path_rate=0.3), kwargs)
+
+
+@register_model
+def slab_swin_base(pretrained=False, **kwargs):
+    """SLAB-Swin-B."""
+    return _swin(dict(_SLAB_SWIN, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
+                      drop_path_rate=0.5), kwargs)
+
+
+@register_model
+def swin_tiny_prepbn(pretrained=False, **kwargs):
+    """Swin-T with plain RepBN (no LayerNorm schedule) and softmax attention; 81.4% top-1."""
+    return _swin(dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
+                      attn_type="SSSS", norm="repbn", drop_path_rate=0.1), kwargs)
