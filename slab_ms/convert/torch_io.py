@@ -272,7 +272,7 @@ def write_torch_state_dict(path, state_dict, wrap_key=None):
     body.append(empty_od + b"(")
     storages = []
     for i, (name, arr) in enumerate(state_dict.items()):
-        arr = np.ascontiguousarray(arr)
+        arr = np.array(arr, order="C", copy=False)  # (ascontiguousarray would make 0-d arrays 1-d)
         if arr.dtype not in _DTYPE_STORAGES:
             raise CheckpointError(f"cannot write {name}: dtype {arr.dtype} has no torch storage type")
         key = str(i)

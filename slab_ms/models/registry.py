@@ -1,5 +1,21 @@
 """Model registry: ``@register_model`` constructors that only fill in sizes (timm/mindcv style)."""
 _MODELS = {}
+_INFERERS = []
+
+
+def register_inferer(fn):
+    """Register ``fn(shapes) -> (name, overrides) | None`` that recognises a family's PyTorch layout."""
+    _INFERERS.append(fn)
+    return fn
+
+
+def infer_model(shapes):
+    """``(name, overrides)`` of the registered family whose layout matches ``{torch_key: shape}``."""
+    for fn in _INFERERS:
+        found = fn(shapes)
+        if found is not None:
+            return found
+    return None
 
 
 def register_model(fn):

@@ -6,6 +6,8 @@ names, so the state-dict layout is the upstream one (shared/reference/checkpoint
 Tensors that upstream keeps as buffers but the model can compute (``relative_position_index``,
 ``attn_mask``) are constants here and reported by ``torch_buffers()`` for the converter.
 """
+import math
+
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
@@ -14,7 +16,7 @@ from mindspore.common import initializer as init
 from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_normal
 from ..layers.prepbn import build_norm
 from ..layers.sla import SimplifiedLinearAttention
-from .registry import register_model
+from .registry import register_inferer, register_model
 
 
 def relative_position_index(window_size):
@@ -289,31 +291,108 @@ def _swin(defaults, kwargs):
 
 
 _SLAB_SWIN = dict(window_size=56, attn_type="LLSS", norm="prepbn", total_step=60000, ln_eps=1e-5)
+# Registered defaults (shared/reference/checkpoints and SPEC; drop path from the paper's recipe).
+SWIN_DEFAULTS = {
+    "slab_swin_tiny": dict(_SLAB_SWIN, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                           drop_path_rate=0.2),
+    "slab_swin_small": dict(_SLAB_SWIN, embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
+                            drop_path_rate=0.3),
+    "slab_swin_base": dict(_SLAB_SWIN, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
+                           drop_path_rate=0.5),
+    "swin_tiny_prepbn": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
+                             attn_type="SSSS", norm="repbn", drop_path_rate=0.1),
+}
 
 
 @register_model
 def slab_swin_tiny(pretrained=False, **kwargs):
     """SLAB-Swin-T: SLA in stages 1-2 (global), PRepBN over 60k steps; 81.8% top-1."""
-    return _swin(dict(_SLAB_SWIN, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                      drop_path_rate=0.2), kwargs)
+    return _swin(SWIN_DEFAULTS["slab_swin_tiny"], dict(kwargs, pretrained=pretrained))
 
 
 @register_model
 def slab_swin_small(pretrained=False, **kwargs):
     """SLAB-Swin-S; 83.6% top-1."""
-    return _swin(dict(_SLAB_SWIN, embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
-                      drop_path_rate=0.3), kwargs)
+    return _swin(SWIN_DEFAULTS["slab_swin_small"], dict(kwargs, pretrained=pretrained))
 
 
 @register_model
 def slab_swin_base(pretrained=False, **kwargs):
     """SLAB-Swin-B."""
-    return _swin(dict(_SLAB_SWIN, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
-                      drop_path_rate=0.5), kwargs)
+    return _swin(SWIN_DEFAULTS["slab_swin_base"], dict(kwargs, pretrained=pretrained))
 
 
 @register_model
 def swin_tiny_prepbn(pretrained=False, **kwargs):
     """Swin-T with plain RepBN (no LayerNorm schedule) and softmax attention; 81.4% top-1."""
-    return _swin(dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
-                      attn_type="SSSS", norm="repbn", drop_path_rate=0.1), kwargs)
+    return _swin(SWIN_DEFAULTS["swin_tiny_prepbn"], dict(kwargs, pretrained=pretrained))
+
+
+@register_inferer
+def infer_swin_config(shapes):
+    """``(model_name, overrides)`` for a PyTorch Swin-family state dict given ``{key: shape}``, or None.
+
+    Sizes come from the shapes (embed dim from the patch conv, heads from the bias tables or
+    the SLA ``dwc`` width, stage types from ``positional_encoding``); the resolution from an
+    ``attn_mask`` window count, else from a global SLA window. The caller builds the model and
+    checks the full layout, so a wrong guess fails loudly.
+    """
+    if "patch_embed.proj.weight" not in shapes or not any(k.startswith("layers.0.blocks.0.") for k in shapes):
+        return None
+    embed_dim, in_chans, patch_size = shapes["patch_embed.proj.weight"][:3]
+    if "patch_embed.norm.norm1.weight" in shapes:
+        norm = "prepbn"
+    elif "patch_embed.norm.alpha" in shapes:
+        norm = "repbn"
+    else:
+        return None
+    depths, heads, kinds, grids = [], [], "", []
+    sla_window = None
+    i = 0
+    while f"layers.{i}.blocks.0.mlp.fc1.weight" in shapes:
+        dim = embed_dim * 2 ** i
+        depth = 0
+        while f"layers.{i}.blocks.{depth}.mlp.fc1.weight" in shapes:
+            depth += 1
+        pre = f"layers.{i}.blocks.0.attn."
+        if pre + "positional_encoding" in shapes:
+            kinds += "L"
+            heads.append(dim // shapes[pre + "dwc.weight"][0])
+            win = math.isqrt(shapes[pre + "positional_encoding"][1])
+            if i == 0:
+                sla_window = win
+        else:
+            kinds += "S"
+            heads.append(shapes[pre + "relative_position_bias_table"][1])
+            win = (math.isqrt(shapes[pre + "relative_position_bias_table"][0]) + 1) // 2
+        for j in range(depth):
+            mask = shapes.get(f"layers.{i}.blocks.{j}.attn_mask")
+            if mask is not None:
+                grids.append(win * math.isqrt(mask[0]) * 2 ** i)
+        depths.append(depth)
+        i += 1
+    if not depths:
+        return None
+    if grids:
+        grid = grids[0]
+    elif sla_window is not None:
+        grid = sla_window  # SLA windows are clipped to the stage: a global first stage gives the grid
+    else:
+        grid = win * 2 ** (len(depths) - 1)
+    cfg = dict(img_size=grid * patch_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+               depths=depths, num_heads=heads, attn_type=kinds, norm=norm,
+               num_classes=shapes["head.weight"][0] if "head.weight" in shapes else 0,
+               mlp_ratio=shapes["layers.0.blocks.0.mlp.fc1.weight"][0] / embed_dim,
+               qkv_bias="layers.0.blocks.0.attn.qkv.bias" in shapes)
+    name = "slab_swin_tiny" if "L" in kinds else "swin_tiny_prepbn"
+    for candidate in SWIN_DEFAULTS:
+        defaults = SWIN_DEFAULTS[candidate]
+        if (defaults["embed_dim"], list(defaults["depths"]), defaults["attn_type"], defaults["norm"]) == (
+                embed_dim, depths, kinds, norm):
+            name = candidate
+            break
+    defaults = dict(SWIN_DEFAULTS[name], img_size=224, patch_size=4, in_chans=3, num_classes=1000,
+                    mlp_ratio=4.0, qkv_bias=True)
+    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return name, {k: v for k, v in cfg.items() if as_list(v) != as_list(defaults.get(k))}
+
