@@ -104,6 +104,9 @@ class SwinBlock(nn.Cell):
         if min(input_resolution) <= window_size:  # no partition when the window covers the map
             shift_size = 0
             window_size = min(input_resolution)
+        if input_resolution[0] % window_size or input_resolution[1] % window_size:
+            raise ValueError(f"stage resolution {tuple(input_resolution)} is not divisible by window size "
+                             f"{window_size}; choose an img_size that fits the windows")
         if not 0 <= shift_size < window_size:
             raise ValueError(f"shift_size {shift_size} must be in [0, window_size={window_size})")
         self.window_size = window_size

@@ -1,0 +1,122 @@
+"""PRepBN schedule and SLA numerics, in GRAPH_MODE."""
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Tensor, nn
+
+from conftest import rel_err
+from slab_ms.layers import PRepBN, RepBN, SimplifiedLinearAttention
+
+
+def counters(norm):
+    return int(norm.warm.asnumpy()), int(norm.iter.asnumpy()), int(norm.total_step.asnumpy())
+
+
+def tokens(seed=0, shape=(2, 16, 8)):
+    return Tensor(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+
+
+def test_counters_move_in_training_and_stay_put_in_eval():
+    norm = PRepBN(8, total_step=5)
+    x = tokens()
+    norm.set_train(True)
+    for expected in (4, 3, 2, 1, 0, 0):  # never below zero
+        norm(x)
+        assert counters(norm) == (0, expected, 5)
+    norm.set_train(False)
+    norm.set_schedule(5)
+    for _ in range(3):
+        norm(x)
+    assert counters(norm) == (0, 5, 5)
+
+
+def test_lambda_is_read_before_the_decrement():
+    x = tokens()
+    norm = PRepBN(8, total_step=2)
+    norm.set_train(True)
+    ln = norm.norm1(x).asnumpy()  # LayerNorm is stateless
+    out = norm(x).asnumpy()  # lam = 2/2 = 1 -> pure LayerNorm, though iter becomes 1
+    np.testing.assert_allclose(out, ln, rtol=1e-6, atol=1e-6)
+    assert norm.lam() == 0.5
+    norm.set_schedule(2)
+    norm(x)
+    norm(x)  # now lam was 1/2
+    mixed = norm(x).asnumpy()  # lam = 0: pure RepBN with batch statistics
+    assert counters(norm)[1] == 0 and not np.allclose(mixed, ln, atol=1e-3)
+
+
+def test_warm_up_is_pure_layernorm_and_keeps_bn_statistics():
+    x = tokens()
+    norm = PRepBN(8, total_step=4)
+    norm.set_schedule(4, warm=2)
+    norm.set_train(True)
+    mean0 = norm.norm2.bn.moving_mean.asnumpy().copy()
+    for warm_left in (1, 0):
+        out = norm(x).asnumpy()
+        np.testing.assert_array_equal(out, norm.norm1(x).asnumpy())
+        assert counters(norm) == (warm_left, 4, 4)
+    np.testing.assert_array_equal(norm.norm2.bn.moving_mean.asnumpy(), mean0)
+    assert int(norm.norm2.bn.num_batches_tracked.asnumpy()) == 0
+    norm(x)  # first scheduled step: lam = 1, statistics now move
+    assert counters(norm) == (0, 3, 4)
+    assert int(norm.norm2.bn.num_batches_tracked.asnumpy()) == 1
+    assert not np.array_equal(norm.norm2.bn.moving_mean.asnumpy(), mean0)
+
+
+def test_repbn_eval_is_an_affine_map():
+    """Lemma 4.1: eval RepBN(x) = a*x + b with a = gamma/sqrt(var+eps) + alpha."""
+    rng = np.random.default_rng(0)
+    norm = RepBN(8)
+    for p, v in ((norm.alpha, [0.3]), (norm.bn.gamma, rng.random(8) + 0.5), (norm.bn.beta, rng.random(8)),
+                 (norm.bn.moving_mean, rng.random(8)), (norm.bn.moving_variance, rng.random(8) + 0.5)):
+        p.set_data(Tensor(np.asarray(v, np.float32)))
+    norm.set_train(False)
+    x = tokens()
+    a, b = (t.asnumpy() for t in norm.affine())
+    np.testing.assert_allclose(norm(x).asnumpy(), x.asnumpy() * a + b, rtol=1e-5, atol=1e-6)
+
+
+def _sla_reference(x, net):
+    """Plain numpy SLA from the formula of SPEC section 4."""
+    b, n, c = x.shape
+    h, d = net.num_heads, net.head_dim
+    w = net.qkv.weight.asnumpy()
+    qkv = x @ w.T + net.qkv.bias.asnumpy()
+    q, k, v = qkv[..., :c], qkv[..., c:2 * c] + net.positional_encoding.asnumpy(), qkv[..., 2 * c:]
+    q, k = np.maximum(q, 0), np.maximum(k, 0)
+    split = lambda t: t.reshape(b, n, h, d).transpose(0, 2, 1, 3)  # noqa: E731
+    q, k, v = split(q), split(k), split(v)
+    z = 1 / (q @ k.sum(2)[..., None] + 1e-6)
+    out = (q @ k.transpose(0, 1, 3, 2)) @ v * z
+    side = int(np.sqrt(n))
+    wdw, bdw = net.dwc.weight.asnumpy()[:, 0], net.dwc.bias.asnumpy()
+    vm = np.pad(v.reshape(b, h, side, side, d), ((0, 0), (0, 0), (2, 2), (2, 2), (0, 0)))
+    conv = np.zeros((b, h, side, side, d), np.float64)
+    for i in range(5):
+        for j in range(5):
+            conv += vm[:, :, i:i + side, j:j + side, :] * wdw[:, i, j]
+    out = out + (conv + bdw).reshape(b, h, n, d)
+    out = out.transpose(0, 2, 1, 3).reshape(b, n, c)
+    return out @ net.proj.weight.asnumpy().T + net.proj.bias.asnumpy()
+
+
+@pytest.mark.parametrize("n,kv_first", [(16, True), (4, False)])
+def test_sla_matches_the_formula(n, kv_first):
+    rng = np.random.default_rng(1)
+    net = SimplifiedLinearAttention(8, n, 2)
+    net.positional_encoding.set_data(Tensor(rng.standard_normal((1, n, 8)).astype(np.float32)))
+    assert net.kv_first == kv_first  # N > d: k^T v first; N < d: q k^T first
+    x = rng.standard_normal((3, n, 8)).astype(np.float32)
+    assert rel_err(net(Tensor(x)).asnumpy(), _sla_reference(x.astype(np.float64), net)) <= 1e-5
+
+
+def test_sla_core_runs_in_float32_under_float16():
+    rng = np.random.default_rng(2)
+    net = SimplifiedLinearAttention(16, 64, 2)
+    x = rng.standard_normal((2, 64, 16)).astype(np.float32)
+    ref = net(Tensor(x)).asnumpy()
+    net.to_float(ms.float16)  # AMP O2/O3 style: Dense and conv run in float16
+    half = net(Tensor(x, ms.float16))
+    assert half.dtype == ms.float16
+    got = half.asnumpy().astype(np.float32)
+    assert np.isfinite(got).all() and rel_err(got, ref) < 5e-3
