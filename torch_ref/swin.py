@@ -94,7 +94,9 @@ class SimplifiedLinearAttention(nn.Module):
         def split(t):
             return t.reshape(b, n, h, d).transpose(1, 2).reshape(b * h, n, d)
 
-        q, k, v = (split(t).float() for t in (q, k, v))
+        # upstream's float32 core under autocast; float64 stays float64 (for conditioning checks)
+        q, k, v = (split(t).float() if split(t).dtype in (torch.float16, torch.bfloat16) else split(t)
+                   for t in (q, k, v))
         z = 1 / (q @ k.sum(1).unsqueeze(-1) + 1e-6)
         if 2 * n * n * d > 2 * d * d * n:
             out = q @ (k.transpose(1, 2) @ v)
