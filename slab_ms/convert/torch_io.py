@@ -17,6 +17,7 @@ import pickle
 import struct
 import tempfile
 import zipfile
+import zlib
 from collections import OrderedDict
 
 import numpy as np
@@ -152,7 +153,7 @@ class _Archive:
             raw = self.zf.read(name)
         except KeyError:
             raise CheckpointError(f"corrupt checkpoint: storage {key!r} is missing from the archive") from None
-        except (zipfile.BadZipFile, zlib_error(), OSError, EOFError) as e:
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as e:
             raise CheckpointError(f"corrupt checkpoint: cannot read storage {key!r} ({e})") from None
         if dtype == "bfloat16":  # numpy has no bfloat16: widen exactly to float32
             if len(raw) != 2 * numel:
@@ -164,11 +165,6 @@ class _Archive:
             raise CheckpointError(f"corrupt checkpoint: storage {key!r} has {len(raw)} bytes, "
                                   f"expected {dt.itemsize * numel}")
         return np.frombuffer(raw, dtype=dt).astype(np.dtype(dtype), copy=False)
-
-
-def zlib_error():
-    import zlib
-    return zlib.error
 
 
 def read_torch_checkpoint(path):
