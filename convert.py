@@ -13,7 +13,7 @@ import sys
 
 import slab_ms  # noqa: F401  (sets oneDNN ISA before MindSpore loads)
 from slab_ms.convert.api import mindspore_to_torch, torch_to_mindspore
-from slab_ms.convert.torch_io import CheckpointError
+from slab_ms.convert.torch_io import CheckpointError, extract_state_dict, read_torch_checkpoint
 
 
 def parse_overrides(items):
@@ -38,11 +38,9 @@ def verify(model, overrides, torch_path, ms_path, key=None, seed=0):
         import torch_ref
     except ImportError as e:
         raise CheckpointError(f"--verify needs torch and the torch_ref package ({e})") from None
-    ckpt = torch.load(torch_path, weights_only=True, map_location="cpu")
-    if key is None:
-        key = next((k for k in ("model", "state_dict", "model_ema") if isinstance(ckpt.get(k), dict)), None)
+    sd, _ = extract_state_dict(read_torch_checkpoint(torch_path), key=key, path=torch_path)
     ref = torch_ref.create_model(model, **overrides)
-    ref.load_state_dict(ckpt[key] if key else ckpt, strict=True)
+    ref.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in sd.items()}, strict=True)
     ref.eval()
     net = slab_ms.create_model(model, **overrides)
     slab_ms.load_checkpoint(net, ms_path)

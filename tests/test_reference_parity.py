@@ -7,6 +7,7 @@ import mindspore as ms
 import slab_ms
 from conftest import rel_err
 from slab_ms.convert.api import torch_to_mindspore
+from slab_ms.convert.mapping import ms_to_torch_name
 from torch_helpers import build_random
 
 SMALL = {
@@ -41,11 +42,10 @@ def test_mindspore_matches_pytorch_reference(name, tmp_path):
             expected = ref(torch.from_numpy(x)).numpy()
         assert rel_err(net(ms.Tensor(x)).asnumpy(), expected) <= 1e-5
 
-    ms_params = dict(net.parameters_and_names())
+    ms_params = {ms_to_torch_name(k): p for k, p in net.parameters_and_names()}  # keyed by PyTorch name
     for key, value in ref.state_dict().items():
-        ms_key = (key.replace("running_mean", "moving_mean").replace("running_var", "moving_variance"))
         if key.endswith(("warm", "iter", "total_step", "num_batches_tracked")):
-            assert int(ms_params[ms_key].asnumpy()) == int(value), key
+            assert int(ms_params[key].asnumpy()) == int(value), key
         elif key.endswith(("running_mean", "running_var")):
-            np.testing.assert_allclose(ms_params[ms_key].asnumpy(), value.numpy(), rtol=1e-5, atol=1e-6,
+            np.testing.assert_allclose(ms_params[key].asnumpy(), value.numpy(), rtol=1e-5, atol=1e-6,
                                        err_msg=key)
