@@ -55,7 +55,30 @@ def load_param_dict(net, params, what="checkpoint"):
         param.set_data(ms.Tensor(np.asarray(params[name]), dtype=param.dtype))
 
 
-def load_checkpoint(net, path):
-    """Load a MindSpore ``.ckpt`` into ``net`` strictly (PRepBN counters included)."""
-    load_param_dict(net, read_ms_checkpoint(path), what=path)
+# Training checkpoints (train.py) hold the model under its own names plus these sections.
+TRAIN_STATE_PREFIXES = ("opt.", "ema.", "scaler.", "meta.")
+
+
+def model_params(params, use_ema=False):
+    """The model's ``{name: array}`` from a model or training checkpoint.
+
+    ``use_ema`` takes the EMA weights a training checkpoint carries for every float parameter
+    (the integer PRepBN counters are never averaged and come from the model itself).
+    """
+    model = {k: v for k, v in params.items() if not k.startswith(TRAIN_STATE_PREFIXES)}
+    if use_ema:
+        ema = {k[len("ema."):]: v for k, v in params.items() if k.startswith("ema.")}
+        if not ema:
+            raise CheckpointError("use_ema: the checkpoint holds no EMA weights (train with ema: true)")
+        unknown = sorted(set(ema) - set(model))
+        if unknown:
+            raise CheckpointError(f"EMA weights for parameters the model lacks: {', '.join(unknown)}")
+        model.update(ema)
+    return model
+
+
+def load_checkpoint(net, path, use_ema=False):
+    """Load a MindSpore ``.ckpt`` (a model, or a training checkpoint from train.py) into ``net``
+    strictly, PRepBN counters included; ``use_ema`` loads a training checkpoint's EMA weights."""
+    load_param_dict(net, model_params(read_ms_checkpoint(path), use_ema), what=path)
     return net

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from ..checkpoint import read_ms_checkpoint, save_ms_checkpoint
+from ..checkpoint import model_params, read_ms_checkpoint, save_ms_checkpoint
 from ..models.registry import create_model, infer_model
 from .mapping import ms_to_torch, ms_to_torch_name, torch_to_ms
 from .torch_io import CheckpointError, extract_state_dict, read_torch_checkpoint, write_torch_state_dict
@@ -56,7 +56,7 @@ def _torch_shapes_of_ms(params):
 def mindspore_to_torch(input_path, output_path, model=None, overrides=None, force=False, wrap_key="model"):
     """Convert a MindSpore ``.ckpt`` to a PyTorch file loadable by the official model with strict=True."""
     _check_output(output_path, force)
-    params = read_ms_checkpoint(input_path)
+    params = model_params(read_ms_checkpoint(input_path))  # a training checkpoint: its model part
     shapes = _torch_shapes_of_ms(params)
     name, overrides = resolve_architecture(model, overrides, shapes, input_path)
     net = _build(name, overrides)

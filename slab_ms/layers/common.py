@@ -50,3 +50,15 @@ def init_weights_trunc_normal(net, std=0.02):
             cell.weight.set_data(init.initializer(init.TruncatedNormal(std), cell.weight.shape, cell.weight.dtype))
             if cell.bias is not None:
                 cell.bias.set_data(init.initializer(init.Zero(), cell.bias.shape, cell.bias.dtype))
+
+
+# Parameters that get no weight decay besides every 1-D one (biases, norm affines, RepBN alpha):
+# position tables and tokens, as upstream's no_weight_decay / no_weight_decay_keywords.
+NO_DECAY_KEYWORDS = ("relative_position_bias_table", "positional_encoding", "absolute_pos_embed", "pos_embed",
+                     "cls_token", "alpha")
+
+
+def no_weight_decay_names(net, keywords=NO_DECAY_KEYWORDS):
+    """Names of the trainable parameters to exempt from weight decay (mindcv's ``no_weight_decay``)."""
+    return {p.name for p in net.trainable_params()
+            if len(p.shape) <= 1 or any(k in p.name for k in keywords)}

@@ -13,7 +13,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common import initializer as init
 
-from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_normal
+from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
 from ..layers.prepbn import build_norm
 from ..layers.sla import SimplifiedLinearAttention
 from .registry import register_inferer, register_model
@@ -268,6 +268,10 @@ class SwinTransformer(nn.Cell):
         self.norm = build_norm(norm, self.num_features, total_step, ln_eps)
         self.head = nn.Dense(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         init_weights_trunc_normal(self)
+
+    def no_weight_decay(self):
+        """Biases, norms, alpha and position tables (read by mindcv's create_optimizer)."""
+        return no_weight_decay_names(self)
 
     def forward_features(self, x):
         x = self.pos_drop(self.patch_embed(x))

@@ -1,0 +1,243 @@
+"""Training-step cells: one forward per micro-step, loss scaling, gradient clipping, gradient
+accumulation, data-parallel gradient reduction and an EMA of the float weights.
+
+Why not ``nn.TrainOneStepCell``/mindcv's ``TrainStep``: both run ``network(*inputs)`` and then
+the gradient of the network, i.e. two forwards, and PRepBN's counters move on every training
+forward; mindcv's EMA also averages every parameter, the integer counters included. Here the
+loss and the gradients come from one ``value_and_grad`` call and the EMA covers float
+parameters only (the counters are copied, never averaged).
+"""
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+_ema_op = ops.MultitypeFuncGraph("slab_ema")
+_add_op = ops.MultitypeFuncGraph("slab_accumulate")
+_zero_op = ops.MultitypeFuncGraph("slab_zero")
+_mean_op = ops.MultitypeFuncGraph("slab_allreduce_mean")
+
+
+@_ema_op.register("Tensor", "Tensor", "Tensor")
+def _ema(decay, average, value):
+    return ops.assign(average, average * decay + value.astype(average.dtype) * (1.0 - decay))
+
+
+@_add_op.register("Tensor", "Tensor")
+def _accumulate(total, grad):
+    return ops.assign_add(total, grad.astype(total.dtype))
+
+
+@_zero_op.register("Tensor")
+def _zero(total):
+    return ops.assign(total, ops.zeros_like(total))
+
+
+class NetWithLoss(nn.Cell):
+    """``loss_fn(net(x).float32, y)``; the loss is always computed in float32."""
+
+    def __init__(self, net, loss_fn):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.loss_fn = loss_fn
+
+    def construct(self, x, y):
+        return self.loss_fn(self.net(x).astype(ms.float32), y)
+
+
+class _ScaledLoss(nn.Cell):
+    def __init__(self, net_with_loss):
+        super().__init__(auto_prefix=False)
+        self.net_with_loss = net_with_loss
+
+    def construct(self, x, y, scale):
+        return self.net_with_loss(x, y) * scale
+
+
+def ema_source_params(net):
+    """The parameters an EMA averages: every float parameter (weights and BN running statistics)."""
+    return [p for p in net.get_parameters() if p.dtype in (ms.float32, ms.float16, ms.bfloat16)]
+
+
+class LossScale(nn.Cell):
+    """Static or dynamic loss scale (dynamic: halve on overflow, double after ``window`` good steps)."""
+
+    def __init__(self, init_scale=1.0, dynamic=False, factor=2.0, window=1000):
+        super().__init__()
+        self.dynamic = dynamic
+        self.factor = factor
+        self.window = window
+        self.scale = Parameter(Tensor(float(init_scale), ms.float32), name="loss_scale", requires_grad=False)
+        self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps", requires_grad=False)
+
+    def adjust(self, finite):
+        grow = self.good_steps + 1 >= self.window
+        up = ops.select(grow, self.scale * self.factor, self.scale)
+        down = ops.maximum(self.scale / self.factor, ops.ones_like(self.scale))
+        new_scale = ops.select(finite, up, down)
+        new_good = ops.select(ops.logical_and(finite, ops.logical_not(grow)), self.good_steps + 1,
+                              ops.zeros_like(self.good_steps))
+        ops.assign(self.good_steps, new_good)
+        return ops.assign(self.scale, new_scale)
+
+
+class _UpdateBase(nn.Cell):
+    """Reduce, unscale, check, clip, apply and average: what happens once per optimizer step."""
+
+    def __init__(self, optimizer, loss_scale, grad_reducer=None, clip_value=None, ema=None, ema_decay=0.9999):
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.loss_scale = loss_scale
+        self.reducer = grad_reducer
+        self.use_reducer = grad_reducer is not None
+        self.clip = clip_value is not None and clip_value > 0
+        self.clip_value = float(clip_value or 0.0)
+        self.check_overflow = loss_scale.dynamic
+        self.hyper_map = ops.HyperMap()
+        self.use_ema = ema is not None
+        if self.use_ema:
+            self.ema_source, self.ema_params = ema
+            self.ema_decay = Tensor(ema_decay, ms.float32)
+
+    def _update(self, grads):
+        if self.use_reducer:
+            grads = self.reducer(grads)
+        inv = 1.0 / self.loss_scale.scale
+        grads = self.hyper_map(ops.partial(ops.mul, inv), grads)
+        finite = Tensor(True)
+        if self.check_overflow:
+            finite = ms.amp.all_finite(grads)
+            self.loss_scale.adjust(finite)
+        if self.clip:
+            grads = ops.clip_by_global_norm(grads, self.clip_value)
+        if self.check_overflow:
+            if finite:
+                self.optimizer(grads)
+                if self.use_ema:
+                    self.hyper_map(ops.partial(_ema_op, self.ema_decay), self.ema_params, self.ema_source)
+        else:
+            self.optimizer(grads)
+            if self.use_ema:
+                self.hyper_map(ops.partial(_ema_op, self.ema_decay), self.ema_params, self.ema_source)
+        return finite
+
+
+class TrainStep(_UpdateBase):
+    """One micro-step that is also an optimizer step: ``(loss, finite) = step(images, labels)``."""
+
+    def __init__(self, net_with_loss, optimizer, loss_scale, **kw):
+        super().__init__(optimizer, loss_scale, **kw)
+        self.grad_fn = ops.value_and_grad(_ScaledLoss(net_with_loss), None, self.weights)
+
+    def construct(self, x, y):
+        scale = self.loss_scale.scale
+        loss, grads = self.grad_fn(x, y, scale)
+        finite = self._update(grads)
+        return loss / scale, finite
+
+
+class AccumulateStep(nn.Cell):
+    """A micro-step that only adds its gradients into ``accum`` (no communication)."""
+
+    def __init__(self, net_with_loss, weights, accum, loss_scale):
+        super().__init__(auto_prefix=False)
+        self.weights = weights
+        self.accum = accum
+        self.loss_scale = loss_scale
+        self.grad_fn = ops.value_and_grad(_ScaledLoss(net_with_loss), None, weights)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, x, y):
+        scale = self.loss_scale.scale
+        loss, grads = self.grad_fn(x, y, scale)
+        loss = ops.depend(loss, self.hyper_map(_add_op, self.accum, grads))
+        return loss / scale
+
+
+class ApplyAccumulated(_UpdateBase):
+    """The optimizer step after ``k`` AccumulateSteps: mean gradient, then as TrainStep."""
+
+    def __init__(self, accum, steps, optimizer, loss_scale, **kw):
+        super().__init__(optimizer, loss_scale, **kw)
+        self.accum = accum
+        self.inv_steps = Tensor(1.0 / steps, ms.float32)
+
+    def construct(self):
+        grads = self.hyper_map(ops.partial(ops.mul, self.inv_steps), self.accum)
+        finite = self._update(grads)
+        return ops.depend(finite, self.hyper_map(_zero_op, self.accum))
+
+
+class AllReduceMean(nn.Cell):
+    """Average parameters over the data-parallel group in place (BN running statistics, their EMA)."""
+
+    def __init__(self, params, world):
+        super().__init__(auto_prefix=False)
+        self.params = ParameterTuple(params)
+        self.allreduce = ops.AllReduce()
+        self.inv_world = 1.0 / world
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self):
+        return self.hyper_map(ops.partial(_mean_op, self.allreduce, self.inv_world), self.params)
+
+
+@_mean_op.register("Function", "Number", "Tensor")
+def _allreduce_mean(allreduce, inv_world, param):
+    return ops.assign(param, allreduce(param) * inv_world)
+
+
+class Stepper:
+    """Python driver: ``loss, applied, finite = stepper.step(images, labels)``.
+
+    ``applied`` is True on the micro-step that ended an optimizer step. With accumulation 1
+    a single fused graph runs; otherwise AccumulateStep k times, then ApplyAccumulated.
+    """
+
+    def __init__(self, net_with_loss, optimizer, accumulation=1, loss_scale=None, grad_reducer=None,
+                 clip_value=None, ema_decay=None, network=None):
+        self.accumulation = accumulation
+        self.loss_scale = loss_scale or LossScale()
+        self.ema_pairs = []
+        ema = None
+        if ema_decay is not None:
+            source = ema_source_params(network)
+            averages = [Parameter(p.data.copy(), name="ema." + p.name, requires_grad=False) for p in source]
+            self.ema_pairs = list(zip(source, averages))
+            ema = (ParameterTuple(source), ParameterTuple(averages))
+        kw = dict(grad_reducer=grad_reducer, clip_value=clip_value, ema=ema,
+                  ema_decay=ema_decay if ema_decay is not None else 0.0)
+        self.optimizer = optimizer
+        self.micro = 0
+        if accumulation == 1:
+            self.train_step = TrainStep(net_with_loss, optimizer, self.loss_scale, **kw)
+            self.train_step.set_train()
+        else:
+            weights = optimizer.parameters
+            self.accum = ParameterTuple([Parameter(ops.zeros(p.shape, ms.float32), name="accum." + p.name,
+                                                   requires_grad=False) for p in weights])
+            self.accumulate = AccumulateStep(net_with_loss, weights, self.accum, self.loss_scale)
+            self.accumulate.set_train()
+            self.apply = ApplyAccumulated(self.accum, accumulation, optimizer, self.loss_scale, **kw)
+
+    def step(self, x, y):
+        if self.accumulation == 1:
+            loss, finite = self.train_step(x, y)
+            return float(loss.asnumpy()), True, bool(finite.asnumpy())
+        loss = float(self.accumulate(x, y).asnumpy())
+        self.micro += 1
+        if self.micro % self.accumulation:
+            return loss, False, True
+        return loss, True, bool(self.apply().asnumpy())
+
+    def ema_state(self):
+        """``{name: array}`` of the EMA weights (float parameters only)."""
+        return {p.name: a.asnumpy() for p, a in self.ema_pairs}
+
+    def reset_ema(self):
+        for p, a in self.ema_pairs:
+            a.set_data(p.data.copy())
+
+    def load_ema_state(self, state):
+        for p, a in self.ema_pairs:
+            if p.name in state:
+                a.set_data(Tensor(state[p.name], a.dtype))
