@@ -11,6 +11,7 @@ from .convert.torch_io import CheckpointError
 
 def read_ms_checkpoint(path):
     """``{name: np.ndarray}`` from a MindSpore ``.ckpt`` (protobuf: no code is run)."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     if os.path.getsize(path) == 0:

@@ -224,6 +224,11 @@ def load_config(path=None, overrides=None):
     if overrides:
         layers.append((dict(overrides), "the command line"))
     for data, where in layers:
+        # prepbn_steps and prepbn_fraction are one setting in two units: a layer that sets one of
+        # them replaces what an earlier layer said with the other
+        for a, b in (("prepbn_steps", "prepbn_fraction"), ("prepbn_fraction", "prepbn_steps")):
+            if a in data and b not in data:
+                cfg[b] = None
         for key, value in data.items():
             if key == "config":
                 continue

@@ -33,7 +33,7 @@ def recalibrate_bn(net, batches):
     bns = [c for _, c in net.cells_and_names() if isinstance(c, TokenBatchNorm)]
     if not bns:
         return 0
-    saved = [(c.momentum, c.num_batches_tracked.asnumpy()) for c in bns]
+    saved = [(c.momentum, int(c.num_batches_tracked.asnumpy())) for c in bns]
     sums = [[np.zeros(c.num_features, np.float64), np.zeros(c.num_features, np.float64)] for c in bns]
     runner = _Forward(net)
     net.set_train(True)

@@ -126,7 +126,8 @@ class TrainStep(_UpdateBase):
 
     def __init__(self, net_with_loss, optimizer, loss_scale, **kw):
         super().__init__(optimizer, loss_scale, **kw)
-        self.grad_fn = ops.value_and_grad(_ScaledLoss(net_with_loss), None, self.weights)
+        self.scaled_loss = _ScaledLoss(net_with_loss)   # an attribute, so set_train() reaches the network
+        self.grad_fn = ops.value_and_grad(self.scaled_loss, None, self.weights)
 
     def construct(self, x, y):
         scale = self.loss_scale.scale
@@ -143,7 +144,8 @@ class AccumulateStep(nn.Cell):
         self.weights = weights
         self.accum = accum
         self.loss_scale = loss_scale
-        self.grad_fn = ops.value_and_grad(_ScaledLoss(net_with_loss), None, weights)
+        self.scaled_loss = _ScaledLoss(net_with_loss)
+        self.grad_fn = ops.value_and_grad(self.scaled_loss, None, weights)
         self.hyper_map = ops.HyperMap()
 
     def construct(self, x, y):
@@ -207,6 +209,7 @@ class Stepper:
         kw = dict(grad_reducer=grad_reducer, clip_value=clip_value, ema=ema,
                   ema_decay=ema_decay if ema_decay is not None else 0.0)
         self.optimizer = optimizer
+        self.net_with_loss = net_with_loss
         self.micro = 0
         if accumulation == 1:
             self.train_step = TrainStep(net_with_loss, optimizer, self.loss_scale, **kw)
@@ -220,6 +223,9 @@ class Stepper:
             self.apply = ApplyAccumulated(self.accum, accumulation, optimizer, self.loss_scale, **kw)
 
     def step(self, x, y):
+        """One micro-step in training mode (the network is switched to training on every call:
+        evaluation in between must not leave PRepBN/BN in eval behaviour)."""
+        self.net_with_loss.set_train(True)
         if self.accumulation == 1:
             loss, finite = self.train_step(x, y)
             return float(loss.asnumpy()), True, bool(finite.asnumpy())

@@ -1,0 +1,121 @@
+"""train.py / validate.py / run_distribute.sh end to end on real data (scikit-learn's handwritten
+digits), as subprocesses: exact resume after SIGKILL, validate reproduces the run's accuracy,
+and a 2-worker msrun run on CPU keeps identical replicas."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import make_digits  # noqa: E402
+
+from slab_ms.checkpoint import read_ms_checkpoint  # noqa: E402
+
+TINY = ["--model_kwargs", "{embed_dim: 16, depths: [1, 1], num_heads: [1, 2], attn_type: LS, window_size: 8}",
+        "--num_samples", "320", "--log_interval", "5"]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("data") / "digits")
+    make_digits.build(out, size=32)
+    return out
+
+
+def train_cmd(data, out, *extra):
+    return [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs",
+            "quickstart_digits.yaml"), "--data_dir", data, "--ckpt_save_dir", out, *TINY, *extra]
+
+
+def run(cmd, timeout=600):
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p
+
+
+def counters(ckpt):
+    params = read_ms_checkpoint(ckpt)
+    return {k: int(v) for k, v in params.items() if k.endswith((".warm", ".iter", ".total_step"))}
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(digits, tmp_path):
+    args = ["--epoch_size", "3", "--prepbn_steps", "20", "--bn_recalibrate_epochs", "1"]
+    full = tmp_path / "full"
+    summary = json.loads(run(train_cmd(digits, str(full), *args)).stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 30 and summary["epochs"] == 3 and summary["world_size"] == 1
+    assert summary["prepbn_lambda"] == 0.0 and 0.0 <= summary["top1"] <= summary["top5"] <= 1.0
+    assert (full / "curves.png").stat().st_size > 0 and (full / "train.log").stat().st_size > 0
+    history = json.loads((full / "history.json").read_text())
+    lams = [s["lambda"] for s in history["steps"]]   # 1 -> 0 linearly over the 20 optimizer steps
+    assert lams[:20] == pytest.approx([1 - (i + 1) / 20 for i in range(20)]) and set(lams[20:]) == {0.0}
+
+    # The same run, killed (SIGKILL) once epoch 1's checkpoint exists, then resumed.
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(train_cmd(digits, str(cut), *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (cut / "slab_swin_tiny-0001.ckpt").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before writing epoch 1"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "summary.json").exists(), "the run finished before it was killed"
+    resumed = json.loads(run(train_cmd(digits, str(cut), *args, "--resume", "auto")).stdout.strip().splitlines()[-1])
+    assert "resumed from" in (cut / "train.log").read_text()
+    assert resumed["steps"] == summary["steps"] and resumed["prepbn_lambda"] == summary["prepbn_lambda"]
+    assert counters(cut / "final.ckpt") == counters(full / "final.ckpt")
+    # Same data order (seeded per epoch) and restored optimizer state: the weights agree too.
+    a, b = read_ms_checkpoint(str(full / "final.ckpt")), read_ms_checkpoint(str(cut / "final.ckpt"))
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a if not k.startswith("meta."))
+    assert worst < 1e-4, worst
+
+    # validate.py reproduces the final accuracy from the written checkpoint
+    v = run([sys.executable, os.path.join(ROOT, "validate.py"), "--config",
+             os.path.join(ROOT, "configs", "quickstart_digits.yaml"), "--data_dir", digits, *TINY[:2],
+             "--ckpt_path", str(full / "final.ckpt")])
+    got = json.loads(v.stdout.strip().splitlines()[-1])
+    assert got["top1"] == pytest.approx(summary["top1"], abs=1e-6) and got["images"] == 364
+
+
+def test_two_worker_data_parallel_run(digits, tmp_path):
+    out = tmp_path / "dp"
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_distribute.sh"),
+                        os.path.join(ROOT, "configs", "quickstart_digits.yaml"), "2", "--data_dir", digits,
+                        "--ckpt_save_dir", str(out), *TINY, "--epoch_size", "2", "--prepbn_fraction", "0.5"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_batch"] == 64
+    assert summary["steps"] == 20   # num_samples is per shard (mindcv): 320 / 32 = 10 steps per epoch
+    digests = []
+    for rank in (0, 1):
+        log = (out / "logs" / f"worker_{rank}.log").read_text()
+        digests += re.findall(r"\[rank (\d)\] parameter digest ([0-9a-f]{16})", log)
+    assert sorted(r for r, _ in digests) == ["0", "1"], digests
+    assert len({d for _, d in digests}) == 1, f"replicas differ: {digests}"   # weights, counters, BN statistics
+    losses = [s["loss"] for s in json.loads((out / "history.json").read_text())["steps"]]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+
+
+def test_bad_inputs_fail_with_one_line(digits, tmp_path):
+    base = [sys.executable, os.path.join(ROOT, "train.py"), "--config",
+            os.path.join(ROOT, "configs", "quickstart_digits.yaml"), "--ckpt_save_dir", str(tmp_path / "o")]
+    cases = [(["--data_dir", str(tmp_path / "nowhere")], "data directory .* not found"),
+             (["--data_dir", digits, "--num_classes", "7"], "num_classes is 7 but .* has 10 class folders"),
+             (["--data_dir", digits, "--lrr", "0.1"], "unknown config key 'lrr'.*did you mean 'lr'"),
+             (["--data_dir", digits, *TINY, "--prepbn_steps", "100000"], "ends after the run")]
+    for extra, pattern in cases:
+        p = subprocess.run(base + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert p.returncode != 0
+        last = p.stderr.strip().splitlines()[-1]
+        assert re.search(pattern, last) and "Traceback" not in p.stderr, p.stderr[-2000:]
