@@ -44,6 +44,8 @@ def setup_context(cfg):
     else:
         target = cfg.device_target
         ms.set_context(mode=mode, device_target=target)
+    if "DEVICE_ID" in os.environ and target != "CPU":   # rank-table launches name the device per process
+        ms.set_context(device_id=int(os.environ["DEVICE_ID"]))
     rank, world = 0, 1
     if cfg.distribute:
         from mindspore.communication import get_group_size, get_rank, init

@@ -1,4 +1,4 @@
-"""Quickstart body (run by scripts/quickstart.sh): a PyTorch slab_swin_tiny checkpoint in the
+"""Converter demo (needs requirements-test.txt for torch): a PyTorch slab_swin_tiny checkpoint in the
 official layout -> MindSpore (GRAPH_MODE, --verify) -> PyTorch, checked bit for bit.
 
 No network here: the PyTorch checkpoint comes from the repository's PyTorch reference,
@@ -26,7 +26,7 @@ def run(args):
     out = "\n".join(line for line in (proc.stdout + proc.stderr).splitlines() if "WARNING" not in line)
     print(out, flush=True)
     if proc.returncode:
-        sys.exit(f"quickstart failed: {' '.join(args)} exited {proc.returncode}")
+        sys.exit(f"convert demo failed: {' '.join(args)} exited {proc.returncode}")
     return out
 
 
@@ -54,7 +54,7 @@ def finish_schedule_and_recalibrate(model, batches=4, seed=0):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--out", default="output/quickstart")
+    p.add_argument("--out", default="output/convert_demo")
     p.add_argument("--model", default="slab_swin_tiny")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
