@@ -160,3 +160,22 @@ def test_recalibration_sets_the_mean_of_batch_statistics():
     np.testing.assert_allclose(net.norm.bn.moving_variance.asnumpy(),
                                np.mean([f.var(0, ddof=1) for f in flat], 0), rtol=1e-5)
     assert int(net.norm.bn.num_batches_tracked.asnumpy()) == 4 and net.norm.bn.momentum == 0.1
+
+
+def test_dynamic_loss_scale_skips_overflowing_steps():
+    cfg = tiny_cfg(prepbn_steps=4)
+    net = build_model(cfg)
+    apply_schedule(net, 4, 0)
+    opt = build_optimizer(cfg, net, [1e-3] * 10)
+    scale = LossScale(2.0 ** 10, dynamic=True, window=2)
+    stepper = Stepper(NetWithLoss(net, nn.CrossEntropyLoss()), opt, loss_scale=scale, clip_value=5.0, network=net)
+    x, y = _batch(0)
+    stepper.step(x, y)
+    stepper.step(x, y)   # two finite steps: the window is reached, the scale doubles
+    assert float(scale.scale.asnumpy()) == 2.0 ** 11
+    before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
+    bad = x.asnumpy().copy()
+    bad[0, 0, 0, 0] = np.inf
+    loss, applied, finite = stepper.step(ms.Tensor(bad), y)
+    assert not finite and float(scale.scale.asnumpy()) == 2.0 ** 10   # halved, and the update skipped
+    assert all(np.array_equal(before[p.name], p.asnumpy()) for p in net.trainable_params())

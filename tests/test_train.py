@@ -53,6 +53,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(digits, tmp_path):
     assert summary["steps"] == 30 and summary["epochs"] == 3 and summary["world_size"] == 1
     assert summary["prepbn_lambda"] == 0.0 and 0.0 <= summary["top1"] <= summary["top5"] <= 1.0
     assert (full / "curves.png").stat().st_size > 0 and (full / "train.log").stat().st_size > 0
+    kept = sorted(p.name for p in full.glob("*.ckpt"))   # keep_checkpoint_max 2, plus best and final
+    assert kept == ["best.ckpt", "final.ckpt", "slab_swin_tiny-0002.ckpt", "slab_swin_tiny-0003.ckpt"], kept
     history = json.loads((full / "history.json").read_text())
     lams = [s["lambda"] for s in history["steps"]]   # 1 -> 0 linearly over the 20 optimizer steps
     assert lams[:20] == pytest.approx([1 - (i + 1) / 20 for i in range(20)]) and set(lams[20:]) == {0.0}
@@ -84,6 +86,24 @@ def test_resume_after_kill_matches_an_uninterrupted_run(digits, tmp_path):
              "--ckpt_path", str(full / "final.ckpt")])
     got = json.loads(v.stdout.strip().splitlines()[-1])
     assert got["top1"] == pytest.approx(summary["top1"], abs=1e-6) and got["images"] == 364
+
+
+def test_paper_augmentations_and_ema(digits, tmp_path):
+    """The ImageNet configs' data path (RandAugment, colour jitter, random erasing, mixup/cutmix
+    with soft labels) and EMA, through train.py and validate.py --use_ema."""
+    out = tmp_path / "aug"
+    recipe = ["--auto_augment", "randaug-m9-mstd0.5-inc1", "--color_jitter", "0.4", "--re_prob", "0.25",
+              "--re_value", "random", "--mixup", "0.8", "--cutmix", "1.0", "--interpolation", "bicubic",
+              "--ema", "true", "--ema_decay", "0.9", "--epoch_size", "1", "--num_samples", "96",
+              "--prepbn_fraction", "1.0"]
+    summary = json.loads(run(train_cmd(digits, str(out), *recipe)).stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
+    params = read_ms_checkpoint(str(out / "final.ckpt"))
+    assert any(k.startswith("ema.") for k in params) and "ema.layers.0.blocks.0.norm1.iter" not in params
+    v = run([sys.executable, os.path.join(ROOT, "validate.py"), "--config",
+             os.path.join(ROOT, "configs", "quickstart_digits.yaml"), "--data_dir", digits, *TINY[:2],
+             "--ckpt_path", str(out / "final.ckpt"), "--use_ema", "true"])
+    assert json.loads(v.stdout.strip().splitlines()[-1])["ema"] is True
 
 
 def test_two_worker_data_parallel_run(digits, tmp_path):
