@@ -264,6 +264,11 @@ def validate(cfg):
         raise ConfigError(f"device_target must be auto, CPU, GPU or Ascend, got {cfg.device_target!r}")
     if cfg.amp_level not in ("auto", "O0", "O1", "O2", "O3"):
         raise ConfigError(f"amp_level must be auto, O0, O1, O2 or O3, got {cfg.amp_level!r}")
+    if cfg.dataset.lower() not in ("imagenet", ""):
+        raise ConfigError(f"dataset {cfg.dataset!r} is not supported: use an ImageFolder tree with dataset: imagenet")
+    if cfg.pretrained:
+        raise ConfigError("pretrained: SLAB weights are not downloaded; convert an official checkpoint with "
+                          "convert.py and pass it as ckpt_path")
     if cfg.mode not in (0, 1):
         raise ConfigError(f"mode must be 0 (GRAPH_MODE) or 1 (PYNATIVE_MODE), got {cfg.mode}")
     if cfg.ema and not 0 < cfg.ema_decay < 1:
