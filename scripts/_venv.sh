@@ -16,7 +16,8 @@ export PATH="$ROOT/.venv/bin:$PATH"   # msrun and subprocesses find the venv's p
 stamp=".venv/.installed-$(cat $REQS | sha1sum | cut -c1-12)"
 for r in $REQS; do stamp="$stamp-$(basename "$r" .txt)"; done
 if [ ! -f "$stamp" ]; then
-  echo "== installing $REQS (first run downloads MindSpore${REQS/*test*/ and the CPU build of torch})"
+  extra=""; case "$REQS" in *test*) extra=" and the CPU build of torch";; esac
+  echo "== installing $REQS (first run downloads MindSpore$extra)"
   python -m pip install --quiet --upgrade pip
   for r in $REQS; do python -m pip install --quiet -r "$r"; done
   touch "$stamp"

@@ -110,15 +110,16 @@ class _UpdateBase(nn.Cell):
         if self.clip:
             grads = ops.clip_by_global_norm(grads, self.clip_value)
         if self.check_overflow:
-            if finite:
-                self.optimizer(grads)
-                if self.use_ema:
-                    self.hyper_map(ops.partial(_ema_op, self.ema_decay), self.ema_params, self.ema_source)
+            if finite:   # an overflowing step changes nothing but the loss scale
+                self._apply(grads)
         else:
-            self.optimizer(grads)
-            if self.use_ema:
-                self.hyper_map(ops.partial(_ema_op, self.ema_decay), self.ema_params, self.ema_source)
+            self._apply(grads)
         return finite
+
+    def _apply(self, grads):
+        self.optimizer(grads)
+        if self.use_ema:
+            self.hyper_map(ops.partial(_ema_op, self.ema_decay), self.ema_params, self.ema_source)
 
 
 class TrainStep(_UpdateBase):

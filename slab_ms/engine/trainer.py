@@ -16,7 +16,6 @@ from mindcv.optim import create_optimizer
 from mindcv.scheduler import create_scheduler
 
 from ..checkpoint import load_param_dict, model_params, read_ms_checkpoint
-from ..convert.torch_io import CheckpointError
 from ..layers.prepbn import PRepBN, RepBN, TokenBatchNorm
 from ..models.registry import create_model, is_model
 from . import data as data_lib
@@ -24,7 +23,7 @@ from . import report, state
 from .config import ConfigError
 from .recalibrate import recalibrate_bn
 from .schedule import apply_schedule, current_lambda, plan_schedule
-from .train_step import AllReduceMean, LossScale, NetWithLoss, Stepper, ema_source_params
+from .train_step import AllReduceMean, LossScale, NetWithLoss, Stepper
 
 logger = logging.getLogger("slab_ms.train")
 
@@ -179,7 +178,8 @@ def train(cfg):
     amp = amp_level_for(cfg, target)
     apply_amp(net, amp)
     k = cfg.gradient_accumulation_steps
-    batches = data_lib.train_loader(cfg, rank, world, epoch=0).get_dataset_size()
+    first_loader = data_lib.train_loader(cfg, rank, world, epoch=0)   # ImageNet listing is slow: reused for epoch 0
+    batches = first_loader.get_dataset_size()
     steps_per_epoch = batches // k
     if steps_per_epoch == 0:
         raise ConfigError(f"an epoch has {batches} batches of {cfg.batch_size} per device, fewer than "
@@ -223,7 +223,7 @@ def train(cfg):
     ips_window = []
     eval_forward = _Logits(net)
     for epoch in range(start_epoch, cfg.epoch_size):
-        loader = data_lib.train_loader(cfg, rank, world, epoch=epoch)
+        loader = first_loader if epoch == 0 else data_lib.train_loader(cfg, rank, world, epoch=epoch)
         net.set_train(True)
         bar = _progress(rank, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epoch_size}")
         seen, t0, losses = 0, None, []
