@@ -15,6 +15,7 @@ from mindspore.common import initializer as init
 
 from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
 from ..layers.prepbn import build_norm
+from ..layers.reparam import fold_norm, is_foldable
 from ..layers.sla import SimplifiedLinearAttention
 from .registry import register_inferer, register_model
 
@@ -134,6 +135,16 @@ class SwinBlock(nn.Cell):
     def torch_buffers(self):
         return {} if self._attn_mask is None else {"attn_mask": self._attn_mask}
 
+    def reparameterize(self):
+        """norm1 feeds only the attention's qkv projection (window partition and the cyclic
+        shift move whole tokens, which a per-channel affine commutes with); norm2 feeds fc1."""
+        if is_foldable(self.norm1):
+            self.attn.qkv = fold_norm(self.norm1, self.attn.qkv, "before")
+            self.norm1 = nn.Identity()
+        if is_foldable(self.norm2):
+            self.mlp.fc1 = fold_norm(self.norm2, self.mlp.fc1, "before")
+            self.norm2 = nn.Identity()
+
     def _partition(self, x):
         b, h, w, c = x.shape
         ws = self.window_size
@@ -176,6 +187,11 @@ class PatchMerging(nn.Cell):
         self.reduction = nn.Dense(4 * dim, 2 * dim, has_bias=False)
         self.norm = build_norm(norm, 4 * dim, total_step, ln_eps)
 
+    def reparameterize(self):
+        if is_foldable(self.norm):
+            self.reduction = fold_norm(self.norm, self.reduction, "before")
+            self.norm = nn.Identity()
+
     def construct(self, x):
         h, w = self.input_resolution
         b, _, c = x.shape
@@ -214,6 +230,12 @@ class PatchEmbed(nn.Cell):
         self.grid = img_size // patch_size
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, pad_mode="valid", has_bias=True)
         self.norm = build_norm(norm, embed_dim, total_step, ln_eps) if norm else None
+
+    def reparameterize(self):
+        """The norm acts on the conv's output channels: exact fold, alpha * bias included."""
+        if self.norm is not None and is_foldable(self.norm):
+            self.proj = fold_norm(self.norm, self.proj, "after")
+            self.norm = None
 
     def construct(self, x):
         x = self.proj(x)
@@ -268,6 +290,13 @@ class SwinTransformer(nn.Cell):
         self.norm = build_norm(norm, self.num_features, total_step, ln_eps)
         self.head = nn.Dense(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         init_weights_trunc_normal(self)
+
+    def reparameterize(self):
+        """The final norm commutes with the token mean, so it folds into the head. Without a
+        head (num_classes=0) it stays: nothing linear follows it inside the model."""
+        if isinstance(self.head, nn.Dense) and is_foldable(self.norm):
+            self.head = fold_norm(self.norm, self.head, "before")
+            self.norm = nn.Identity()
 
     def no_weight_decay(self):
         """Biases, norms, alpha and position tables (read by mindcv's create_optimizer)."""

@@ -1,0 +1,99 @@
+"""Re-parameterization (Lemma 4.1): fused eval output equals unfused, no norm left, exact
+patch-embedding fold (the alpha * bias term upstream drops is kept)."""
+import numpy as np
+import pytest
+import mindspore as ms
+
+import slab_ms
+from slab_ms.layers.prepbn import TokenBatchNorm
+
+from conftest import SWIN_MINI, rel_err
+
+MINIS = {
+    "slab_swin_tiny": SWIN_MINI,
+    "swin_tiny_prepbn": SWIN_MINI,
+    "slab_swin_small": dict(SWIN_MINI, depths=[1, 1, 3, 1]),
+    "slab_swin_base": dict(SWIN_MINI, embed_dim=32, depths=[1, 1, 2, 1]),
+}
+
+
+def randomize_ms(net, seed=0, bias_scale=0.02):
+    """Trained-looking state: weights at init scale, BN statistics and affines non-trivial,
+    alpha != 1, biases non-zero (``bias_scale``)."""
+    rng = np.random.default_rng(seed)
+    for name, p in net.parameters_and_names():
+        if p.dtype == ms.int64:
+            continue
+        last = name.rsplit(".", 1)[-1]
+        shape = p.shape
+        if last == "moving_variance":
+            v = rng.random(shape) + 0.5
+        elif last == "moving_mean":
+            v = 0.1 * rng.standard_normal(shape)
+        elif last == "alpha":
+            v = np.full(shape, 0.7)
+        elif last == "gamma":
+            v = 1 + 0.1 * rng.standard_normal(shape)
+        elif last in ("bias", "beta"):
+            v = bias_scale * rng.standard_normal(shape)
+        else:
+            v = 0.02 * rng.standard_normal(shape)
+        p.set_data(ms.Tensor(v.astype(np.float32)))
+    return net
+
+
+def _pair(name, seed=0, **kw):
+    cfg = dict(MINIS[name], **kw)
+    a = randomize_ms(slab_ms.create_model(name, **cfg), seed, bias_scale=0.5)
+    b = slab_ms.create_model(name, **cfg)
+    slab_ms.load_param_dict(b, {k: v.asnumpy() for k, v in a.parameters_and_names()})
+    return a, b
+
+
+@pytest.mark.parametrize("name", sorted(MINIS))
+def test_fused_equals_unfused_and_no_norm_remains(name):
+    ref, fused = _pair(name)
+    ref.set_train(False)
+    x = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32))
+    expected = ref(x).asnumpy()
+    n_before = len(list(fused.get_parameters()))
+    slab_ms.reparameterize(fused)
+    assert slab_ms.remaining_norms(fused) == []
+    assert len(list(fused.get_parameters())) < n_before
+    got = fused(x).asnumpy()
+    assert rel_err(got, expected) < 1e-5, rel_err(got, expected)
+    assert np.abs(expected).max() > 0.1   # a signal, not a vanishing output
+
+
+def test_patch_embedding_fold_keeps_alpha_times_bias():
+    """Upstream's patch-embedding fold drops alpha * conv bias; that mistake must show here."""
+    ref, fused = _pair("slab_swin_tiny", seed=3)
+    ref.set_train(False)
+    x = ms.Tensor(np.random.default_rng(2).standard_normal((2, 3, 224, 224)).astype(np.float32))
+    expected = ref(x).asnumpy()
+    conv_bias = ref.patch_embed.proj.bias.asnumpy().astype(np.float64)
+    alpha = float(ref.patch_embed.norm.norm2.alpha.asnumpy()[0])
+    slab_ms.reparameterize(fused)
+    assert rel_err(fused(x).asnumpy(), expected) < 1e-5
+    proj = fused.patch_embed.proj   # emulate the upstream fold: bias' = gamma/std * (c - mean) + beta
+    proj.bias.set_data(ms.Tensor((proj.bias.asnumpy() - alpha * conv_bias).astype(np.float32)))
+    assert rel_err(fused(x).asnumpy(), expected) > 1e-3
+
+
+def test_fold_of_an_unfinished_schedule_is_the_eval_network():
+    """PRepBN's eval form is RepBN whatever the counters say; the fused model computes exactly that."""
+    ref, fused = _pair("slab_swin_tiny", seed=5)
+    for cell in (c for _, c in ref.cells_and_names() if hasattr(c, "set_schedule")):
+        assert cell.lam() == 1.0   # untouched counters: the schedule has not started
+    ref.set_train(False)
+    x = ms.Tensor(np.random.default_rng(4).standard_normal((1, 3, 224, 224)).astype(np.float32))
+    expected = ref(x).asnumpy()
+    slab_ms.reparameterize(fused)
+    assert rel_err(fused(x).asnumpy(), expected) < 1e-5
+
+
+def test_layernorm_models_keep_their_norms():
+    net = slab_ms.create_model("slab_swin_tiny", **dict(SWIN_MINI, norm="layernorm"))
+    slab_ms.reparameterize(net)
+    assert len(slab_ms.remaining_norms(net)) > 0   # LayerNorm is not a fixed affine map: nothing folds
+    assert not any(isinstance(c, TokenBatchNorm) for _, c in net.cells_and_names())
