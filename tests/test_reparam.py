@@ -17,7 +17,7 @@ MINIS = {
 }
 
 
-def randomize_ms(net, seed=0, bias_scale=0.02):
+def randomize_ms(net, seed=0, bias_scale=0.02, weight_scale=0.02):
     """Trained-looking state: weights at init scale, BN statistics and affines non-trivial,
     alpha != 1, biases non-zero (``bias_scale``)."""
     rng = np.random.default_rng(seed)
@@ -37,7 +37,7 @@ def randomize_ms(net, seed=0, bias_scale=0.02):
         elif last in ("bias", "beta"):
             v = bias_scale * rng.standard_normal(shape)
         else:
-            v = 0.02 * rng.standard_normal(shape)
+            v = weight_scale * rng.standard_normal(shape)
         p.set_data(ms.Tensor(v.astype(np.float32)))
     return net
 

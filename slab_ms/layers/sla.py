@@ -61,12 +61,12 @@ class SimplifiedLinearAttention(nn.Cell):
         k = self._heads(ops.relu(k)).astype(ms.float32)
         v = self._heads(v)
         vf = v.astype(ms.float32)
-        z = 1.0 / (ops.matmul(q, k.sum(axis=1).expand_dims(-1)) + 1e-6)  # (B*h, N, 1)
+        denom = ops.matmul(q, k.sum(axis=1).expand_dims(-1)) + 1e-6  # (B*h, N, 1)
         if self.kv_first:
             out = ops.matmul(q, ops.matmul(k.transpose(0, 2, 1), vf))
         else:
             out = ops.matmul(ops.matmul(q, k.transpose(0, 2, 1)), vf)
-        out = (out * z).astype(x.dtype)
+        out = (out / denom).astype(x.dtype)   # a division, not 1/x: ONNX export has no Reciprocal
         # Depthwise conv of v over the token grid, one conv shared by every head.
         fmap = v.reshape(-1, self.side, self.side, self.head_dim).transpose(0, 3, 1, 2)
         fmap = self.dwc(fmap).transpose(0, 2, 3, 1).reshape(-1, n, self.head_dim)
