@@ -86,7 +86,8 @@ class GraphCellRunner:
 
     def __init__(self, path, device):
         import mindspore as ms
-        ms.set_context(mode=ms.GRAPH_MODE, device_target={"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}[device])
+        ms.set_context(mode=ms.GRAPH_MODE)
+        ms.set_device({"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}[device])
         self.ms = ms
         self.cell = ms.nn.GraphCell(ms.load(path))
 
@@ -115,6 +116,7 @@ def main(argv=None):
     p.add_argument("--device", choices=["cpu", "gpu", "ascend"], default="cpu")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--top", type=int, default=5)
+    p.add_argument("--quiet", action="store_true", help="only the JSON line, no line per image")
     args = p.parse_args(argv)
     try:
         if not os.path.isfile(args.model_file):
@@ -138,12 +140,17 @@ def main(argv=None):
                 top = np.argsort(-pr)[:args.top]
                 labels = [classes[j] if classes else str(j) for j in top]
                 results.append({"image": path, "top": [[lab, float(pr[j])] for lab, j in zip(labels, top)]})
-                print(f"{path}: " + ", ".join(f"{lab} {100 * pr[j]:.1f}%" for lab, j in zip(labels, top)))
+                if not args.quiet:
+                    print(f"{path}: " + ", ".join(f"{lab} {100 * pr[j]:.1f}%" for lab, j in zip(labels, top)))
     except (ConfigError, RuntimeError, ValueError) as e:
         print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 1
-    print(json.dumps({"runtime": runner.name, "device": args.device, "images": len(results),
-                      "top1": [r["top"][0][0] for r in results], "top1_prob": [r["top"][0][1] for r in results]}))
+    summary = {"runtime": runner.name, "device": args.device, "images": len(results)}
+    folders = [os.path.basename(os.path.dirname(r["image"])) for r in results]
+    if classes and all(f in classes for f in folders):   # images sorted into class folders: score them
+        summary["folder_top1"] = float(np.mean([r["top"][0][0] == f for r, f in zip(results, folders)]))
+    summary.update(top1=[r["top"][0][0] for r in results], top1_prob=[r["top"][0][1] for r in results])
+    print(json.dumps(summary))
     return 0
 
 

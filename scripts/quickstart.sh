@@ -2,8 +2,10 @@
 # The main job, end to end on a fresh machine: create .venv, install requirements.txt, build a
 # real-image dataset (scikit-learn's handwritten digits), train a small SLAB model on it
 # (configs/quickstart_digits.yaml: SLA + PRepBN, schedule finishing at 60% of the run, BN
-# recalibrated at the end), validate the final checkpoint with validate.py, and print the
-# training summary JSON as the very last line. Extra arguments go to train.py (--key value).
+# recalibrated at the end), validate it, fuse it (RepBN folded into the linear layers), export
+# the fused model to MindIR with a dynamic batch, run it on the validation images with
+# infer.py, and print the training summary JSON (plus a "deploy" record) as the very last line.
+# Extra arguments go to train.py (--key value).
 REQS="requirements.txt"
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 OUT="${OUT:-output/quickstart}"
@@ -13,5 +15,23 @@ rm -rf "$OUT"     # a fresh run each time (continue a run with train.py --resume
 echo "== train.py --config $CONFIG (output in $OUT)"
 python train.py --config "$CONFIG" --ckpt_save_dir "$OUT" "$@" | grep --line-buffered -v '^{"model"'
 echo "== validate.py on $OUT/final.ckpt"
-python validate.py --config "$CONFIG" --ckpt_path "$OUT/final.ckpt"
-python -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))))' "$OUT/summary.json"
+python validate.py --config "$CONFIG" --ckpt_path "$OUT/final.ckpt" | tee "$OUT/validate.json"
+echo "== export.py --reparam: fused model -> $OUT/slab_digits.mindir (dynamic batch)"
+python export.py --config "$CONFIG" --ckpt_path "$OUT/final.ckpt" --reparam --dynamic-batch --verify \
+  --output "$OUT/slab_digits.mindir" --force | tee "$OUT/export.json"
+echo "== infer.py on a few validation images, then on all of data/digits/val"
+python infer.py --model_file "$OUT/slab_digits.mindir" --images data/digits/val/3/0003.png | sed -n '1,2p'
+python infer.py --model_file "$OUT/slab_digits.mindir" --images data/digits/val/5 | sed -n '2,3p'
+python infer.py --model_file "$OUT/slab_digits.mindir" --images data/digits/val --quiet > "$OUT/infer.json"
+python - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+summary = json.load(open(os.path.join(out, "summary.json")))
+val = json.load(open(os.path.join(out, "validate.json")))
+exp = json.load(open(os.path.join(out, "export.json")))
+inf = json.loads(open(os.path.join(out, "infer.json")).read().strip().splitlines()[-1])
+summary["deploy"] = {"mindir": exp["output"], "norms_left": exp["norms_left"],
+                     "export_max_abs_diff": exp["verify_max_abs_diff"], "validate_top1": val["top1"],
+                     "fused_mindir_top1": inf["folder_top1"], "runtime": inf["runtime"]}
+print(json.dumps(summary))
+PY

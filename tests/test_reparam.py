@@ -97,3 +97,15 @@ def test_layernorm_models_keep_their_norms():
     slab_ms.reparameterize(net)
     assert len(slab_ms.remaining_norms(net)) > 0   # LayerNorm is not a fixed affine map: nothing folds
     assert not any(isinstance(c, TokenBatchNorm) for _, c in net.cells_and_names())
+
+
+def test_a_network_that_already_ran_recompiles_after_fusion():
+    """GRAPH_MODE caches the unfused graph; running it with folded weights would be wrong."""
+    ref, net = _pair("slab_swin_tiny", seed=9)
+    ref.set_train(False)
+    net.set_train(False)
+    x = ms.Tensor(np.random.default_rng(6).standard_normal((1, 3, 224, 224)).astype(np.float32))
+    expected = ref(x).asnumpy()
+    assert rel_err(net(x).asnumpy(), expected) < 1e-6   # compiled once, unfused
+    slab_ms.reparameterize(net)
+    assert rel_err(net(x).asnumpy(), expected) < 1e-5

@@ -16,6 +16,8 @@ Every model module that owns a RepBN next to a linear map has a ``reparameterize
 that calls ``fold_norm`` and replaces the norm by ``nn.Identity``; ``reparameterize(net)``
 walks the tree once and calls them.
 """
+import time
+
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
@@ -87,6 +89,12 @@ def reparameterize(net):
             fn()
     for name, param in net.parameters_and_names():
         param.name = name
+    # MindSpore caches a compiled graph per cell under (id, creation time, argument shapes) and
+    # does not notice replaced sub-cells: a network that already ran would keep running its
+    # unfused graph with the folded weights. A new creation time makes every cell recompile.
+    stamp = time.time_ns()
+    for _, cell in net.cells_and_names():
+        object.__setattr__(cell, "_create_time", stamp)
     net.reparameterized = True
     net.set_train(False)
     return net

@@ -1,0 +1,211 @@
+"""Inference and training speed of the SLAB models: MindSpore (unfused, fused, softmax attention
+everywhere) against the PyTorch reference, measured in one run on one machine.
+
+    python bench/bench_speed.py [--models slab_swin_tiny,...] [--batches 1,8,32] [--repeats 5]
+                                [--threads N] [--train-batch 8] [--out bench/results]
+
+Rows per model: MindSpore eval of the model as trained (``ms``), re-parameterized (``ms fused``),
+the same fused network with softmax attention in every stage (``ms fused SSSS``), and the
+PyTorch reference (eval, no_grad) with the same thread count. Columns: batch-1 latency (ms,
+median), throughput at the larger batches (images/s), first-call time at batch 1 (MindSpore:
+graph compile). One training step (forward, backward, AdamW) at ``--train-batch`` for the first
+model, MindSpore GRAPH_MODE against PyTorch. Writes ``results.md``, ``results.json`` and
+``latency_vs_top1.png`` (batch-1 latency of the fused model against the published top-1 of
+SPEC section 7). Ratios are within this run only.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import slab_ms  # noqa: E402  (oneDNN ISA before MindSpore loads)
+import numpy as np  # noqa: E402
+import mindspore as ms  # noqa: E402
+
+PUBLISHED_TOP1 = {"slab_swin_tiny": 81.8, "slab_swin_small": 83.6, "swin_tiny_prepbn": 81.4,
+                  "deit_tiny_prepbn": 73.6, "deit_small_prepbn": 80.2, "slab_deit_tiny": 74.3,
+                  "slab_deit_small": 80.0, "pvt_tiny_prepbn": 76.0, "pvt_small_prepbn": 80.1,
+                  "pvt_medium_prepbn": 81.7, "slab_pvt_tiny": 76.5, "slab_cswin_tiny": 82.8}
+
+
+def timed(fn, repeats, warmup=1):
+    """``(first_call_s, median_s)``: the first call alone, then the median of ``repeats``."""
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    for _ in range(warmup):
+        fn()
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return first, statistics.median(runs)
+
+
+def measure(call, batches, repeats, size):
+    """Latency at batch 1 (ms), throughput at the others (img/s), first-call seconds."""
+    out = {}
+    for b in batches:
+        x = np.random.default_rng(b).standard_normal((b, 3, size, size)).astype(np.float32)
+        first, med = timed(lambda: call(x), repeats if b == 1 else max(2, repeats // 2))
+        if b == batches[0]:
+            out["first_call_s"] = first
+        out[f"b{b}_ms"] = 1000 * med
+        out[f"b{b}_ips"] = b / med
+    return out
+
+
+def ms_forward(net):
+    net.set_train(False)
+    return lambda x: net(ms.Tensor(x)).asnumpy()
+
+
+def torch_forward(model):
+    import torch
+    model.eval()
+
+    def call(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+    return call
+
+
+def ms_train_step(name, batch, size, repeats):
+    from mindspore import nn
+    from slab_ms.engine.train_step import LossScale, NetWithLoss, Stepper
+    net = slab_ms.create_model(name, img_size=size)
+    opt = nn.AdamWeightDecay(net.trainable_params(), learning_rate=1e-4, weight_decay=0.05)
+    stepper = Stepper(NetWithLoss(net, nn.CrossEntropyLoss()), opt, loss_scale=LossScale(1.0), clip_value=5.0,
+                      network=net)
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32))
+    y = ms.Tensor(np.arange(batch, dtype=np.int32) % 10)
+    first, med = timed(lambda: stepper.step(x, y), repeats)
+    return {"first_call_s": first, "step_s": med}
+
+
+def torch_train_step(name, batch, size, repeats):
+    import torch
+    import torch_ref
+    model = torch_ref.create_model(name, img_size=size)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32))
+    y = torch.arange(batch) % 10
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+    first, med = timed(step, repeats)
+    return {"first_call_s": first, "step_s": med}
+
+
+def softmax_variant(name):
+    """The same model with softmax window attention in every stage (attn_type 'S' per stage)."""
+    net = slab_ms.create_model(name)
+    kw = {}
+    if hasattr(net, "layers"):
+        kw["attn_type"] = "S" * len(net.layers)
+    return slab_ms.create_model(name, **kw)
+
+
+def table(results, batches):
+    head = ["model", "variant", f"b{batches[0]} latency ms"] + [f"b{b} img/s" for b in batches[1:]] + \
+        ["first call s", f"latency vs torch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rows in results.items():
+        torch_lat = rows.get("torch", {}).get(f"b{batches[0]}_ms")
+        for variant, r in rows.items():
+            ratio = f"{r[f'b{batches[0]}_ms'] / torch_lat:.2f}x" if torch_lat else "-"
+            lines.append("| " + " | ".join([name, variant, f"{r[f'b{batches[0]}_ms']:.1f}"] +
+                                           [f"{r[f'b{b}_ips']:.1f}" for b in batches[1:]] +
+                                           [f"{r['first_call_s']:.1f}", ratio]) + " |")
+    return "\n".join(lines)
+
+
+def plot(results, batches, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rows in results.items():
+        if name in PUBLISHED_TOP1 and "ms fused" in rows:
+            lat = rows["ms fused"][f"b{batches[0]}_ms"]
+            ax.scatter(lat, PUBLISHED_TOP1[name])
+            ax.annotate(name, (lat, PUBLISHED_TOP1[name]), fontsize=8, xytext=(4, 2), textcoords="offset points")
+    ax.set(xlabel=f"fused MindSpore latency, batch {batches[0]} (ms, this CPU)", ylabel="published ImageNet top-1 (%)",
+           title="SLAB models: accuracy vs latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="slab_swin_tiny,slab_swin_small,slab_swin_base,swin_tiny_prepbn")
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    args = p.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.device_context.cpu.op_tuning.threads_num(args.threads)
+    torch = None
+    if not args.no_torch:
+        import torch
+        import torch_ref
+        torch.set_num_threads(args.threads)
+    size = 224
+    results = {}
+    for name in args.models.split(","):
+        rows = {}
+        net = slab_ms.create_model(name)
+        rows["ms"] = measure(ms_forward(net), batches, args.repeats, size)
+        slab_ms.reparameterize(net)
+        rows["ms fused"] = measure(ms_forward(net), batches, args.repeats, size)
+        del net
+        if "slab" in name:
+            soft = slab_ms.reparameterize(softmax_variant(name))
+            rows["ms fused SSSS"] = measure(ms_forward(soft), batches, args.repeats, size)
+            del soft
+        if torch is not None:
+            rows["torch"] = measure(torch_forward(torch_ref.create_model(name)), batches, args.repeats, size)
+        results[name] = rows
+        print(f"{name}: " + json.dumps({k: round(v[f'b{batches[0]}_ms'], 1) for k, v in rows.items()}), flush=True)
+    first = args.models.split(",")[0]
+    train = {"model": first, "batch": args.train_batch,
+             "ms": ms_train_step(first, args.train_batch, size, max(2, args.repeats // 2))}
+    if torch is not None:
+        train["torch"] = torch_train_step(first, args.train_batch, size, max(2, args.repeats // 2))
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads {args.threads}"
+    os.makedirs(args.out, exist_ok=True)
+    md = [f"# Speed, measured {time.strftime('%Y-%m-%d')} ({machine}; MindSpore {ms.__version__}"
+          + (f", torch {torch.__version__}" if torch else "") + ")", "", table(results, batches), "",
+          f"Training step ({first}, batch {args.train_batch}, forward + backward + AdamW, median): MindSpore "
+          f"{train['ms']['step_s']:.2f} s (first call {train['ms']['first_call_s']:.1f} s)"
+          + (f", PyTorch {train['torch']['step_s']:.2f} s ({train['ms']['step_s'] / train['torch']['step_s']:.2f}x)"
+             if "torch" in train else "")]
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"machine": machine, "batches": batches, "inference": results, "train": train}, f, indent=2)
+    plot(results, batches, os.path.join(args.out, "latency_vs_top1.png"))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
