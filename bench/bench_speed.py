@@ -11,7 +11,8 @@ median), throughput at the larger batches (images/s), first-call time at batch 1
 graph compile). One training step (forward, backward, AdamW) at ``--train-batch`` for the first
 model, MindSpore GRAPH_MODE against PyTorch. Writes ``results.md``, ``results.json`` and
 ``latency_vs_top1.png`` (batch-1 latency of the fused model against the published top-1 of
-SPEC section 7). Ratios are within this run only.
+SPEC section 7). Ratios are within this run only. Every figure comes from its own process (MindSpore keeps
+its CPU memory pool for the life of a process); a batch that runs out of memory shows OOM.
 """
 import argparse
 import json
@@ -121,15 +122,18 @@ def softmax_variant(name):
 
 def table(results, batches):
     head = ["model", "variant", f"b{batches[0]} latency ms"] + [f"b{b} img/s" for b in batches[1:]] + \
-        ["first call s", f"latency vs torch"]
+        ["first call s", "latency vs torch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, rows in results.items():
         torch_lat = rows.get("torch", {}).get(f"b{batches[0]}_ms")
+
+        def fmt(v, digits=1):
+            return "OOM" if v is None else f"{v:.{digits}f}"
         for variant, r in rows.items():
-            ratio = f"{r[f'b{batches[0]}_ms'] / torch_lat:.2f}x" if torch_lat else "-"
-            lines.append("| " + " | ".join([name, variant, f"{r[f'b{batches[0]}_ms']:.1f}"] +
-                                           [f"{r[f'b{b}_ips']:.1f}" for b in batches[1:]] +
-                                           [f"{r['first_call_s']:.1f}", ratio]) + " |")
+            lat = r.get(f"b{batches[0]}_ms")
+            ratio = f"{lat / torch_lat:.2f}x" if torch_lat and lat else "-"
+            lines.append("| " + " | ".join([name, variant, fmt(lat)] + [fmt(r.get(f"b{b}_ips")) for b in batches[1:]]
+                                           + [fmt(r.get("first_call_s")), ratio]) + " |")
     return "\n".join(lines)
 
 
@@ -139,8 +143,8 @@ def plot(results, batches, path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rows in results.items():
-        if name in PUBLISHED_TOP1 and "ms fused" in rows:
-            lat = rows["ms fused"][f"b{batches[0]}_ms"]
+        lat = rows.get("ms fused", {}).get(f"b{batches[0]}_ms")
+        if name in PUBLISHED_TOP1 and lat:
             ax.scatter(lat, PUBLISHED_TOP1[name])
             ax.annotate(name, (lat, PUBLISHED_TOP1[name]), fontsize=8, xytext=(4, 2), textcoords="offset points")
     ax.set(xlabel=f"fused MindSpore latency, batch {batches[0]} (ms, this CPU)", ylabel="published ImageNet top-1 (%)",
@@ -149,6 +153,56 @@ def plot(results, batches, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def run_variant(name, variant, batches, repeats, threads):
+    """One (model, variant) measurement; runs in its own process (see main)."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.device_context.cpu.op_tuning.threads_num(threads)
+    size = 224
+    if variant == "torch":
+        import torch
+        import torch_ref
+        torch.set_num_threads(threads)
+        return measure(torch_forward(torch_ref.create_model(name)), batches, repeats, size)
+    net = softmax_variant(name) if variant == "ms fused SSSS" else slab_ms.create_model(name)
+    if variant != "ms":
+        slab_ms.reparameterize(net)
+    return measure(ms_forward(net), batches, repeats, size)
+
+
+def run_train(name, batch, repeats, threads, framework):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.device_context.cpu.op_tuning.threads_num(threads)
+    if framework == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        return torch_train_step(name, batch, 224, repeats)
+    return ms_train_step(name, batch, 224, repeats)
+
+
+def in_subprocess(args, *job):
+    """Run one job in a fresh interpreter (MindSpore keeps its memory pool for the life of a
+    process; a batch-32 graph next to others runs out of memory). None when the job died."""
+    import subprocess
+    cmd = [sys.executable, os.path.abspath(__file__), "--job", json.dumps(job), "--threads", str(args.threads)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        return None
+    return json.loads(lines[-1])
+
+
+def measure_in_parts(args, name, variant, batches):
+    """Each batch size in its own process, so one out-of-memory batch does not lose the others."""
+    row = {}
+    for b in batches:
+        got = in_subprocess(args, "infer", name, variant, [b], args.repeats)
+        if got is None:
+            row[f"b{b}_ms"] = row[f"b{b}_ips"] = None
+        else:
+            row.update(got if b == batches[0] else {k: v for k, v in got.items() if k != "first_call_s"})
+    return row
 
 
 def main():
@@ -160,51 +214,53 @@ def main():
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--job", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.job:
+        job = json.loads(args.job)
+        if job[0] == "infer":
+            print(json.dumps(run_variant(job[1], job[2], job[3], job[4], args.threads)))
+        else:
+            print(json.dumps(run_train(job[1], job[2], job[3], args.threads, job[4])))
+        return
     batches = [int(b) for b in args.batches.split(",")]
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.device_context.cpu.op_tuning.threads_num(args.threads)
-    torch = None
-    if not args.no_torch:
-        import torch
-        import torch_ref
-        torch.set_num_threads(args.threads)
-    size = 224
     results = {}
     for name in args.models.split(","):
-        rows = {}
-        net = slab_ms.create_model(name)
-        rows["ms"] = measure(ms_forward(net), batches, args.repeats, size)
-        slab_ms.reparameterize(net)
-        rows["ms fused"] = measure(ms_forward(net), batches, args.repeats, size)
-        del net
-        if "slab" in name:
-            soft = slab_ms.reparameterize(softmax_variant(name))
-            rows["ms fused SSSS"] = measure(ms_forward(soft), batches, args.repeats, size)
-            del soft
-        if torch is not None:
-            rows["torch"] = measure(torch_forward(torch_ref.create_model(name)), batches, args.repeats, size)
-        results[name] = rows
-        print(f"{name}: " + json.dumps({k: round(v[f'b{batches[0]}_ms'], 1) for k, v in rows.items()}), flush=True)
+        variants = ["ms", "ms fused"] + (["ms fused SSSS"] if "slab" in name else []) + \
+            ([] if args.no_torch else ["torch"])
+        results[name] = {v: measure_in_parts(args, name, v, batches) for v in variants}
+        print(f"{name}: " + json.dumps({k: v.get(f"b{batches[0]}_ms") for k, v in results[name].items()}),
+              flush=True)
     first = args.models.split(",")[0]
+    reps = max(2, args.repeats // 2)
     train = {"model": first, "batch": args.train_batch,
-             "ms": ms_train_step(first, args.train_batch, size, max(2, args.repeats // 2))}
-    if torch is not None:
-        train["torch"] = torch_train_step(first, args.train_batch, size, max(2, args.repeats // 2))
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads {args.threads}"
+             "ms": in_subprocess(args, "train", first, args.train_batch, reps, "ms")}
+    if not args.no_torch:
+        train["torch"] = in_subprocess(args, "train", first, args.train_batch, reps, "torch")
+    import torch
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, threads {args.threads}"
     os.makedirs(args.out, exist_ok=True)
-    md = [f"# Speed, measured {time.strftime('%Y-%m-%d')} ({machine}; MindSpore {ms.__version__}"
-          + (f", torch {torch.__version__}" if torch else "") + ")", "", table(results, batches), "",
-          f"Training step ({first}, batch {args.train_batch}, forward + backward + AdamW, median): MindSpore "
-          f"{train['ms']['step_s']:.2f} s (first call {train['ms']['first_call_s']:.1f} s)"
-          + (f", PyTorch {train['torch']['step_s']:.2f} s ({train['ms']['step_s'] / train['torch']['step_s']:.2f}x)"
-             if "torch" in train else "")]
+    md = [f"# Speed, measured {time.strftime('%Y-%m-%d')} ({machine}; MindSpore {ms.__version__}, "
+          f"torch {torch.__version__}; each figure from its own process)", "", table(results, batches), "",
+          train_line(train)]
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"machine": machine, "batches": batches, "inference": results, "train": train}, f, indent=2)
     plot(results, batches, os.path.join(args.out, "latency_vs_top1.png"))
     print("\n".join(md))
+
+
+def train_line(train):
+    msr, tr = train.get("ms"), train.get("torch")
+    text = f"Training step ({train['model']}, batch {train['batch']}, forward + backward + AdamW, median): "
+    text += f"MindSpore {msr['step_s']:.2f} s (first call, with compile, {msr['first_call_s']:.1f} s)" if msr \
+        else "MindSpore: failed (out of memory?)"
+    if tr:
+        text += f", PyTorch {tr['step_s']:.2f} s"
+        if msr:
+            text += f" ({msr['step_s'] / tr['step_s']:.2f}x)"
+    return text
 
 
 if __name__ == "__main__":

@@ -119,3 +119,17 @@ def test_infer_matches_the_validation_pipeline(tmp_path):
     assert result["images"] == 364 and len(set(np.round(result["top1_prob"], 4))) > 10
     assert result["top1"] == [str(i) for i in probs.argmax(1)]   # class names from the data's folders
     np.testing.assert_allclose(result["top1_prob"], probs.max(1), atol=1e-5)
+
+
+def test_infer_refuses_bad_input(tmp_path):
+    bogus = tmp_path / "x.mindir"
+    bogus.write_bytes(b"not a model")
+    cases = [(["--model_file", str(tmp_path / "none.mindir"), "--images", str(tmp_path)], "no such file"),
+             (["--model_file", str(bogus), "--images", str(tmp_path)], "no preprocessing known"),
+             (["--model_file", str(bogus), "--images", str(tmp_path / "nowhere"),
+               "--config", os.path.join(ROOT, "configs", "quickstart_digits.yaml")], "no such file or folder")]
+    for extra, pattern in cases:
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), *extra], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 1 and pattern in p.stderr.strip().splitlines()[-1], p.stderr[-1500:]
+        assert "Traceback" not in p.stderr
