@@ -20,22 +20,9 @@ import tempfile
 import numpy as np
 
 import slab_ms
+from convert import parse_overrides   # the converter's --set key=value parsing
 from slab_ms.convert.torch_io import CheckpointError
 from slab_ms.engine.config import ConfigError, load_config
-
-
-def parse_set(items):
-    import ast
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
 
 
 def preprocessing(cfg):
@@ -55,7 +42,7 @@ def class_names(cfg):
 def build(args):
     """``(net, meta)``: the model with its checkpoint loaded, and the sidecar record."""
     from slab_ms.engine.trainer import build_model
-    overrides = parse_set(args.set)
+    overrides = parse_overrides(args.set)
     if args.config:
         cfg = load_config(args.config)
         if args.model and args.model != cfg.model:
