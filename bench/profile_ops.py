@@ -7,9 +7,7 @@ Prints the median time of each op in MindSpore GRAPH_MODE and in PyTorch and the
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -18,17 +16,11 @@ import slab_ms  # noqa: E402,F401  (oneDNN ISA before MindSpore loads)
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
 from mindspore import nn, ops  # noqa: E402
+from bench_speed import timed  # noqa: E402  (same directory: one timing rule for both scripts)
 
 
 def median_ms(fn, repeats=10):
-    fn()
-    fn()
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t)
-    return 1000 * statistics.median(runs)
+    return 1000 * timed(fn, repeats)[1]
 
 
 class Apply(nn.Cell):
