@@ -23,6 +23,7 @@ import slab_ms
 from convert import parse_overrides   # the converter's --set key=value parsing
 from slab_ms.convert.torch_io import CheckpointError
 from slab_ms.engine.config import ConfigError, load_config
+from slab_ms.engine.data import class_folders
 
 
 def preprocessing(cfg):
@@ -33,7 +34,7 @@ def preprocessing(cfg):
 def class_names(cfg):
     path = os.path.join(cfg.data_dir, cfg.train_split)
     if os.path.isdir(path):
-        names = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+        names = class_folders(path)
         if len(names) == cfg.num_classes:
             return names
     return None

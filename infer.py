@@ -16,8 +16,7 @@ import numpy as np
 
 import slab_ms  # noqa: F401  (sets the oneDNN ISA before MindSpore loads)
 from slab_ms.engine.config import ConfigError, load_config
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from slab_ms.engine.data import IMAGE_EXTENSIONS
 
 
 def list_images(path):
@@ -48,12 +47,15 @@ def load_meta(model_file, config):
     return meta
 
 
-def preprocess(paths, prep):
-    """The evaluation transform of validate.py (slab_ms.engine.data.eval_transforms), applied eagerly."""
+def make_pipeline(prep):
+    """The evaluation transform of validate.py (slab_ms.engine.data.eval_transforms), for eager use."""
     from mindspore.dataset.transforms import Compose
     from slab_ms.engine.data import eval_transforms
     cfg = load_config(None, {k: (json.dumps(v) if isinstance(v, list) else str(v)) for k, v in prep.items()})
-    pipeline = Compose(eval_transforms(cfg))
+    return Compose(eval_transforms(cfg))
+
+
+def preprocess(paths, pipeline):
     out = []
     for p in paths:
         try:
@@ -128,10 +130,11 @@ def main(argv=None):
         batch_size = fixed or args.batch_size
         print(f"runtime: {runner.name} ({args.device})" + (f"; {why}" if why else ""))
         classes = meta.get("classes")
+        pipeline = make_pipeline(meta["preprocess"])   # built once, applied to every batch
         results = []
         for i in range(0, len(paths), batch_size):
             chunk = paths[i:i + batch_size]
-            batch = preprocess(chunk, meta["preprocess"])
+            batch = preprocess(chunk, pipeline)
             pad = batch_size - len(chunk) if fixed else 0   # a fixed-batch model gets a full batch
             if pad:
                 batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])

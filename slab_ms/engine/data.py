@@ -9,12 +9,17 @@ from .config import ConfigError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def class_folders(path):
+    """Sorted class-folder names of an ImageFolder split (the label order of ImageFolderDataset)."""
+    return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+
+
 def check_image_folder(root, split, num_classes):
     """Class names of ``root/split`` after checking the tree; a clear ConfigError otherwise."""
     path = os.path.join(root, split)
     if not os.path.isdir(path):
         raise ConfigError(f"data directory {path} not found (data_dir={root!r}, split={split!r})")
-    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    classes = class_folders(path)
     if not classes:
         raise ConfigError(f"{path} has no class folders (expected {path}/<class>/<image>)")
     for c in classes:
