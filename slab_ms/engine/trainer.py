@@ -222,6 +222,8 @@ def train(cfg):
 
     ips_window = []
     eval_forward = _Logits(net)
+    val_loader = data_lib.eval_loader(cfg, rank=rank, world=world) \
+        if cfg.val_while_train or cfg.bn_recalibrate_epochs else None   # built once, iterated per validation
     for epoch in range(start_epoch, cfg.epoch_size):
         loader = first_loader if epoch == 0 else data_lib.train_loader(cfg, rank, world, epoch=epoch)
         net.set_train(True)
@@ -266,7 +268,7 @@ def train(cfg):
               if ips_window else None, "top1": None, "top5": None}
         last = epoch + 1 == cfg.epoch_size
         if cfg.val_while_train and ((epoch + 1) % cfg.val_interval == 0 or last):
-            ep["top1"], ep["top5"], _ = evaluate(net, data_lib.eval_loader(cfg, rank=rank, world=world), world, eval_forward)
+            ep["top1"], ep["top5"], _ = evaluate(net, val_loader, world, eval_forward)
             if meta["best_top1"] is None or ep["top1"] > meta["best_top1"]:
                 meta["best_top1"], meta["best_epoch"] = ep["top1"], epoch + 1
                 ep["best"] = True
@@ -293,7 +295,7 @@ def train(cfg):
             recal += recalibrate_bn(net, (x for x, _ in loader.create_tuple_iterator(num_epochs=1)))
         if sync is not None:
             sync()
-        top1, top5, _ = evaluate(net, data_lib.eval_loader(cfg, rank=rank, world=world), world, eval_forward)
+        top1, top5, _ = evaluate(net, val_loader, world, eval_forward)
         logger.info(f"BN recalibrated over {recal} batches: val top-1 {100 * top1:.2f}% top-5 {100 * top5:.2f}%")
         history["epochs"][-1:] = [dict(history["epochs"][-1], recalibrated_top1=top1, recalibrated_top5=top5)] \
             if history["epochs"] else []
