@@ -15,6 +15,19 @@ REFERENCE = os.path.join(SHARED, "reference")
 
 # The small variants of shared/reference/README.md.
 SWIN_MINI = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], num_classes=10, drop_path_rate=0.0)
+_PVT_MINI = dict(embed_dims=[16, 32, 48, 64], num_heads=[1, 2, 3, 4], mlp_ratios=[2, 2, 2, 2], depths=[1, 1, 1, 1])
+# golden name -> (registered model it is built as, overrides), as in shared/reference/README.md.
+GOLDEN_MINIS = {
+    "slab_swin_mini": ("slab_swin_tiny", SWIN_MINI),
+    "swin_prepbn_mini": ("swin_tiny_prepbn", SWIN_MINI),
+    "deit_prepbn_mini": ("deit_tiny_prepbn", dict(embed_dim=48, depth=2, num_heads=3)),
+    "slab_deit_mini": ("slab_deit_tiny", dict(embed_dim=48, depth=2, num_heads=3)),
+    "pvt_prepbn_mini": ("pvt_tiny_prepbn", _PVT_MINI),
+    "slab_pvt_mini": ("slab_pvt_tiny", _PVT_MINI),
+    "slab_cswin_mini": ("slab_cswin_tiny", dict(embed_dim=16, depth=[1, 2, 1, 1], num_heads=[1, 2, 4, 8])),
+}
+for _name, (_model, _over) in GOLDEN_MINIS.items():
+    GOLDEN_MINIS[_name] = (_model, dict(_over, num_classes=10, drop_path_rate=0.0))
 
 
 def rel_err(got, ref):

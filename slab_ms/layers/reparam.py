@@ -5,7 +5,9 @@ In eval mode a RepBN is a per-channel affine map ``RepBN(x) = a * x + b`` with
 ``a = gamma / sqrt(var + eps) + alpha`` and ``b = beta - mean * gamma / sqrt(var + eps)``.
 Next to a linear layer it disappears:
 
-- norm before the layer, ``y = W (a x + b) + c``:  ``W' = W diag(a)``, ``c' = W b + c``;
+- norm before the layer, ``y = W (a x + b) + c``:  ``W' = W diag(a)``, ``c' = W b + c``
+  (for a conv, ``a`` scales its input channels and ``W b`` sums over the kernel too, which is
+  exact only without zero padding: a padded border would see ``0``, not ``b``);
 - norm after the layer, ``y = a (W x + c) + b``:   ``W' = diag(a) W``, ``c' = a c + b``.
 
 The second form keeps the ``a * c`` term whole: ``a`` includes ``alpha``, so the bias of the
@@ -41,17 +43,26 @@ def norm_affine(norm):
 def fold_norm(norm, layer, side):
     """Return ``layer`` (nn.Dense or nn.Conv2d) with the eval-mode ``norm`` folded in.
 
-    ``side='before'``: the norm feeds the layer's input (Dense only). ``side='after'``: the
-    norm is applied to the layer's output channels. A bias is added where the layer had none.
+    ``side='before'``: the norm feeds the layer's input (a Dense, or an unpadded, ungrouped
+    Conv2d such as PVT's spatial reduction). ``side='after'``: the norm is applied to the
+    layer's output channels. A bias is added where the layer had none.
     """
     a, b = norm_affine(norm)
     w = layer.weight.asnumpy().astype(np.float64)
     has_bias = getattr(layer, "has_bias", False) and layer.bias is not None
     c = layer.bias.asnumpy().astype(np.float64) if has_bias else np.zeros(w.shape[0])
     if side == "before":
-        if not isinstance(layer, nn.Dense):
-            raise TypeError("a norm before a layer folds into an nn.Dense only")
-        new_w, new_c = w * a[None, :], w @ b + c
+        if isinstance(layer, nn.Conv2d):
+            padded = layer.pad_mode == "same" or any(int(p) for p in np.ravel(layer.padding))
+            if layer.group != 1 or padded:
+                raise ValueError("a norm before a conv folds only into an unpadded, ungrouped conv")
+            shape = (1, -1) + (1,) * (w.ndim - 2)
+            new_w = w * a.reshape(shape)
+            new_c = (w * b.reshape(shape)).reshape(w.shape[0], -1).sum(axis=1) + c
+        elif isinstance(layer, nn.Dense):
+            new_w, new_c = w * a[None, :], w @ b + c
+        else:
+            raise TypeError(f"cannot fold a norm into {type(layer).__name__}")
     elif side == "after":
         new_w = w * a.reshape((-1,) + (1,) * (w.ndim - 1))
         new_c = a * c + b
@@ -71,6 +82,17 @@ def fold_norm(norm, layer, side):
 
 def is_foldable(norm):
     return isinstance(norm, (RepBN, PRepBN))
+
+
+def fold_norm_into(norm, owner, names):
+    """Fold ``norm`` into every layer ``owner.<name>`` that reads its output (e.g. PVT's ``q``
+    and ``kv``), replacing each layer. Returns False, changing nothing, if ``norm`` cannot fold;
+    the caller then removes the norm."""
+    if not is_foldable(norm):
+        return False
+    for name in names:
+        setattr(owner, name, fold_norm(norm, getattr(owner, name), "before"))
+    return True
 
 
 def reparameterize(net):

@@ -14,8 +14,9 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common import initializer as init
 
 from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
+from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
-from ..layers.reparam import fold_norm, is_foldable
+from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
 from ..layers.sla import SimplifiedLinearAttention
 from .registry import register_inferer, register_model
 
@@ -138,8 +139,7 @@ class SwinBlock(nn.Cell):
     def reparameterize(self):
         """norm1 feeds only the attention's qkv projection (window partition and the cyclic
         shift move whole tokens, which a per-channel affine commutes with); norm2 feeds fc1."""
-        if is_foldable(self.norm1):
-            self.attn.qkv = fold_norm(self.norm1, self.attn.qkv, "before")
+        if fold_norm_into(self.norm1, self.attn, ("qkv",)):
             self.norm1 = nn.Identity()
         if is_foldable(self.norm2):
             self.mlp.fc1 = fold_norm(self.norm2, self.mlp.fc1, "before")
@@ -217,32 +217,6 @@ class BasicLayer(nn.Cell):
             x = blk(x)
         if self.downsample is not None:
             x = self.downsample(x)
-        return x
-
-
-class PatchEmbed(nn.Cell):
-    """Non-overlapping patch_size conv, flattened to (B, N, C), then the norm."""
-
-    def __init__(self, img_size, patch_size, in_chans, embed_dim, norm, total_step, ln_eps):
-        super().__init__()
-        self.img_size = img_size
-        self.patch_size = patch_size
-        self.grid = img_size // patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, pad_mode="valid", has_bias=True)
-        self.norm = build_norm(norm, embed_dim, total_step, ln_eps) if norm else None
-
-    def reparameterize(self):
-        """The norm acts on the conv's output channels: exact fold, alpha * bias included."""
-        if self.norm is not None and is_foldable(self.norm):
-            self.proj = fold_norm(self.norm, self.proj, "after")
-            self.norm = None
-
-    def construct(self, x):
-        x = self.proj(x)
-        b, c = x.shape[0], x.shape[1]
-        x = x.reshape(b, c, -1).transpose(0, 2, 1)
-        if self.norm is not None:
-            x = self.norm(x)
         return x
 
 
