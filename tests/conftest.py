@@ -29,6 +29,20 @@ GOLDEN_MINIS = {
 for _name, (_model, _over) in GOLDEN_MINIS.items():
     GOLDEN_MINIS[_name] = (_model, dict(_over, num_classes=10, drop_path_rate=0.0))
 
+# A small variant of every registered model (224 input: SLA position encodings are sized for it),
+# used by the parity, fusion and export tests; the golden minis where one exists.
+SMALL_VARIANTS = {model: {k: v for k, v in over.items() if k not in ("num_classes", "drop_path_rate")}
+                  for model, over in GOLDEN_MINIS.values()}
+SMALL_VARIANTS.update({
+    "slab_swin_small": dict(embed_dim=16, depths=[1, 1, 3, 1], num_heads=[1, 2, 4, 8]),
+    "slab_swin_base": dict(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[2, 4, 8, 16]),
+    "deit_small_prepbn": dict(embed_dim=48, depth=2, num_heads=2),
+    "slab_deit_small": dict(embed_dim=64, depth=2, num_heads=4),
+    "pvt_small_prepbn": dict(_PVT_MINI, depths=[1, 2, 1, 1]),
+    "pvt_medium_prepbn": dict(_PVT_MINI, depths=[1, 1, 2, 1]),
+    "slab_cswin_small": dict(embed_dim=16, depth=[1, 1, 2, 2], num_heads=[2, 2, 4, 8]),
+})
+
 
 def rel_err(got, ref):
     """The project's parity metric: max|diff| / max(1, max|ref|)."""

@@ -16,7 +16,7 @@ from slab_ms.engine import data as data_lib
 from slab_ms.engine.config import load_config
 from slab_ms.engine.trainer import build_model
 
-from conftest import ROOT, SWIN_MINI, rel_err
+from conftest import ROOT, SMALL_VARIANTS, SWIN_MINI, rel_err
 from test_reparam import randomize_ms
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -63,6 +63,26 @@ def test_mindir_dynamic_batch_reproduces_the_model(mini_ckpt, tmp_path, reparam)
     for b in (1, 3):   # one file, two batch sizes
         got = graph(ms.Tensor(x[:b])).asnumpy()
         assert rel_err(got, expected[:b]) < 1e-5, rel_err(got, expected[:b])
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_prepbn", "slab_deit_tiny", "pvt_tiny_prepbn", "slab_pvt_tiny",
+                                  "slab_cswin_tiny"])
+def test_every_family_exports_fused_with_a_dynamic_batch(name, tmp_path):
+    """DeiT (class token, softmax and SLA), PVT (spatial reduction, SLA) and CSwin (stripes)."""
+    kw = dict(SMALL_VARIANTS[name], num_classes=10)
+    net = randomize_ms(slab_ms.create_model(name, **kw), seed=5, bias_scale=0.2)
+    ckpt, out = str(tmp_path / "m.ckpt"), str(tmp_path / "m.mindir")
+    save_ms_checkpoint({k: v.asnumpy() for k, v in net.parameters_and_names()}, ckpt)
+    sets = [f"--set={k}={v!r}".replace(" ", "") for k, v in kw.items()]
+    meta = export("--model", name, "--ckpt_path", ckpt, "--output", out, "--dynamic-batch", "--reparam", *sets)
+    assert meta["norms_left"] == [] and meta["input_shape"][0] is None
+    net.set_train(False)
+    x = np.random.default_rng(2).standard_normal((3, 3, 224, 224)).astype(np.float32)
+    expected = net(ms.Tensor(x)).asnumpy()
+    graph = ms.nn.GraphCell(ms.load(out))
+    for b in (1, 3):
+        got = graph(ms.Tensor(x[:b])).asnumpy()
+        assert rel_err(got, expected[:b]) < 1e-5, (b, rel_err(got, expected[:b]))
 
 
 def test_onnx_runs_under_onnxruntime(mini_ckpt, tmp_path):

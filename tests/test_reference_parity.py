@@ -5,22 +5,14 @@ import torch
 import mindspore as ms
 
 import slab_ms
-from conftest import rel_err
+from conftest import SMALL_VARIANTS, rel_err
 from slab_ms.convert.api import torch_to_mindspore
 from slab_ms.convert.mapping import ms_to_torch_name
 from torch_helpers import build_random
 
-SMALL = {
-    "slab_swin_tiny": dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8]),
-    "slab_swin_small": dict(embed_dim=24, depths=[2, 2, 4, 2], num_heads=[1, 2, 3, 6]),
-    "slab_swin_base": dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[2, 4, 8, 16]),
-    "swin_tiny_prepbn": dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8]),
-}
-
-
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", sorted(SMALL_VARIANTS))
 def test_mindspore_matches_pytorch_reference(name, tmp_path):
-    overrides = dict(SMALL[name], num_classes=7, drop_path_rate=0.0)
+    overrides = dict(SMALL_VARIANTS[name], num_classes=7, drop_path_rate=0.0)
     ref = build_random(name, seed=3, **overrides)
     pth, ckpt = tmp_path / "ref.pth", tmp_path / "ms.ckpt"
     torch.save({"model": ref.state_dict()}, pth)

@@ -7,14 +7,9 @@ import mindspore as ms
 import slab_ms
 from slab_ms.layers.prepbn import TokenBatchNorm
 
-from conftest import SWIN_MINI, rel_err
+from conftest import SMALL_VARIANTS, SWIN_MINI, rel_err
 
-MINIS = {
-    "slab_swin_tiny": SWIN_MINI,
-    "swin_tiny_prepbn": SWIN_MINI,
-    "slab_swin_small": dict(SWIN_MINI, depths=[1, 1, 3, 1]),
-    "slab_swin_base": dict(SWIN_MINI, embed_dim=32, depths=[1, 1, 2, 1]),
-}
+MINIS = {name: dict(kw, num_classes=10, drop_path_rate=0.0) for name, kw in SMALL_VARIANTS.items()}
 
 
 def randomize_ms(net, seed=0, bias_scale=0.02, weight_scale=0.02):
@@ -53,6 +48,7 @@ def _pair(name, seed=0, **kw):
 @pytest.mark.parametrize("name", sorted(MINIS))
 def test_fused_equals_unfused_and_no_norm_remains(name):
     ref, fused = _pair(name)
+    assert slab_ms.remaining_norms(ref)   # there is something to fold
     ref.set_train(False)
     x = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32))
     expected = ref(x).asnumpy()

@@ -7,25 +7,52 @@ import pytest
 import torch
 
 import torch_ref
-from conftest import SWIN_MINI
+from conftest import GOLDEN_MINIS, rel_err
+
+NEW_FAMILIES = ["deit_tiny_prepbn", "deit_small_prepbn", "slab_deit_tiny", "slab_deit_small", "pvt_tiny_prepbn",
+                "pvt_small_prepbn", "pvt_medium_prepbn", "slab_pvt_tiny", "slab_cswin_tiny", "slab_cswin_small"]
 
 
-@pytest.mark.parametrize("golden,model", [("slab_swin_mini", "slab_swin_tiny"), ("swin_prepbn_mini", "swin_tiny_prepbn")])
-def test_reference_reproduces_upstream_golden(golden, model, reference_dir):
-    ref = torch_ref.create_model(model, **SWIN_MINI)
+def _layout(model):
+    return [[k, list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in model.state_dict().items()]
+
+
+def _json(reference_dir, name):
+    with open(os.path.join(reference_dir, "checkpoints", name + ".json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("golden", sorted(GOLDEN_MINIS))
+def test_reference_reproduces_upstream_golden(golden, reference_dir):
+    model, overrides = GOLDEN_MINIS[golden]
+    ref = torch_ref.create_model(model, **overrides)
+    assert _layout(ref) == _json(reference_dir, golden)["state_dict"]
     sd = torch.load(os.path.join(reference_dir, "golden", golden + ".pth"), weights_only=True)["model"]
     ref.load_state_dict(sd, strict=True)
-    with open(os.path.join(reference_dir, "checkpoints", golden + ".json")) as f:
-        layout = json.load(f)["state_dict"]
-    assert [[k, list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in ref.state_dict().items()] == layout
     gold = np.load(os.path.join(reference_dir, "golden", golden + ".npz"))
     x = torch.from_numpy(gold["input"])
+    # Absolute 1e-5 where |logits| <= 1, scaled by the logits' size above (slab_cswin_mini's eval logits
+    # reach 12.6: upstream's own code is 1.8e-5 off its golden under the ONEDNN_MAX_CPU_ISA=AVX2 that
+    # slab_ms sets on AMD CPUs, and bit-exact without it).
     ref.eval()
     with torch.no_grad():
-        np.testing.assert_allclose(ref(x).numpy(), gold["logits_eval"], rtol=0, atol=1e-5)
+        assert rel_err(ref(x).numpy(), gold["logits_eval"]) <= 1e-5
     ref.train()
     with torch.no_grad():
-        np.testing.assert_allclose(ref(x).numpy(), gold["logits_train"], rtol=0, atol=1e-5)
+        assert rel_err(ref(x).numpy(), gold["logits_train"]) <= 1e-5
     state = ref.state_dict()
     got = [int(state[str(n)]) for n in gold["counter_names"]]
     np.testing.assert_array_equal(got, gold["counters_after_train_forward"])
+
+
+@pytest.mark.parametrize("name", NEW_FAMILIES)
+def test_full_size_layout_matches_upstream(name, reference_dir):
+    model, expected = torch_ref.create_model(name), _json(reference_dir, name)
+    assert _layout(model) == expected["state_dict"]
+    assert sum(p.numel() for p in model.parameters()) == expected["num_parameters"]
+
+
+def test_registry_covers_every_checkpoint(reference_dir):
+    names = {f[:-5] for f in os.listdir(os.path.join(reference_dir, "checkpoints"))
+             if f.endswith(".json") and not f.endswith("_mini.json")}
+    assert set(torch_ref.MODELS) == names
