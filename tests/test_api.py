@@ -1,4 +1,6 @@
 """Public API: create_model with overrides, list_models, mindcv registration, strict load_checkpoint."""
+import os
+
 import numpy as np
 import pytest
 import mindspore as ms
@@ -6,11 +8,10 @@ import mindspore as ms
 import slab_ms
 from conftest import SWIN_MINI
 
-NAMES = ["slab_swin_base", "slab_swin_small", "slab_swin_tiny", "swin_tiny_prepbn"]
-
-
-def test_list_models_has_the_swin_family():
-    assert set(NAMES) <= set(slab_ms.list_models())
+def test_list_models_has_all_fourteen(reference_dir):
+    names = {f[:-5] for f in os.listdir(os.path.join(reference_dir, "checkpoints"))
+             if f.endswith(".json") and not f.endswith("_mini.json")}
+    assert len(names) == 14 and set(slab_ms.list_models()) == names
 
 
 def test_create_model_overrides_sizes():

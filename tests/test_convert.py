@@ -9,10 +9,11 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+import mindspore as ms
 
 import slab_ms
 import torch_ref
-from conftest import ROOT, SWIN_MINI
+from conftest import GOLDEN_MINIS, ROOT, SWIN_MINI
 from slab_ms.convert.api import mindspore_to_torch, torch_to_mindspore
 from slab_ms.convert.torch_io import CheckpointError, extract_state_dict, read_torch_checkpoint
 
@@ -21,7 +22,7 @@ def cli(*args):
     return subprocess.run([sys.executable, os.path.join(ROOT, "convert.py"), *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("golden", ["slab_swin_mini", "swin_prepbn_mini"])
+@pytest.mark.parametrize("golden", sorted(GOLDEN_MINIS))
 def test_torch_mindspore_torch_round_trip_is_bit_exact(golden, reference_dir, tmp_path):
     src = os.path.join(reference_dir, "golden", golden + ".pth")
     ckpt, back = tmp_path / "m.ckpt", tmp_path / "back.pth"
@@ -36,8 +37,8 @@ def test_torch_mindspore_torch_round_trip_is_bit_exact(golden, reference_dir, tm
         assert result[k].dtype == original[k].dtype, k
         assert torch.equal(result[k], original[k]), k
     # the PyTorch model (upstream layout) loads it strictly
-    name = "slab_swin_tiny" if golden.startswith("slab") else "swin_tiny_prepbn"
-    torch_ref.create_model(name, **SWIN_MINI).load_state_dict(result, strict=True)
+    name, overrides = GOLDEN_MINIS[golden]
+    torch_ref.create_model(name, **overrides).load_state_dict(result, strict=True)
 
 
 def test_prepbn_counters_travel_both_ways(reference_dir, tmp_path):
@@ -146,7 +147,7 @@ def test_mindspore_to_torch_strict(reference_dir, tmp_path):
     assert not (tmp_path / "o.pth").exists()
 
 
-@pytest.mark.parametrize("name", ["slab_swin_tiny", "slab_swin_small", "slab_swin_base", "swin_tiny_prepbn"])
+@pytest.mark.parametrize("name", slab_ms.list_models())
 def test_full_size_layout_equals_upstream(name, reference_dir, tmp_path):
     """The converted state dict of every full-size model equals shared/reference/checkpoints/NAME.json."""
     from slab_ms.convert.mapping import ms_to_torch
@@ -156,5 +157,8 @@ def test_full_size_layout_equals_upstream(name, reference_dir, tmp_path):
     with open(os.path.join(reference_dir, "checkpoints", name + ".json")) as f:
         ref = json.load(f)
     assert layout == ref["state_dict"]
-    n_params = sum(int(np.prod(p.shape)) for p in net.trainable_params())
+    # PyTorch counts every nn.Parameter, also the ones upstream never reads (SLAB-DeiT's cls_token,
+    # CSwin's SLA scale), which are frozen here: count the float tensors that are not BN statistics.
+    n_params = sum(int(np.prod(p.shape)) for name, p in net.parameters_and_names()
+                   if p.dtype == ms.float32 and not name.endswith(("moving_mean", "moving_variance")))
     assert n_params == ref["num_parameters"]
