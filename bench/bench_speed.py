@@ -112,12 +112,11 @@ def torch_train_step(name, batch, size, repeats):
 
 
 def softmax_variant(name):
-    """The same model with softmax window attention in every stage (attn_type 'S' per stage)."""
-    net = slab_ms.create_model(name)
-    kw = {}
-    if hasattr(net, "layers"):
-        kw["attn_type"] = "S" * len(net.layers)
-    return slab_ms.create_model(name, **kw)
+    """The same model with the family's softmax attention in every stage: window attention
+    (Swin), multi-head (DeiT: one letter), spatial reduction (PVT), LePE stripes (CSwin)."""
+    from slab_ms.models.deit import VisionTransformer
+    single = isinstance(slab_ms.create_model(name), VisionTransformer)
+    return slab_ms.create_model(name, attn_type="S" if single else "SSSS")
 
 
 def table(results, batches):
@@ -207,7 +206,8 @@ def measure_in_parts(args, name, variant, batches):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="slab_swin_tiny,slab_swin_small,slab_swin_base,swin_tiny_prepbn")
+    p.add_argument("--models", default="slab_swin_tiny,slab_swin_small,slab_swin_base,swin_tiny_prepbn",
+                   help="comma-separated registered names, or 'all'")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -224,6 +224,8 @@ def main():
             print(json.dumps(run_train(job[1], job[2], job[3], args.threads, job[4])))
         return
     batches = [int(b) for b in args.batches.split(",")]
+    if args.models == "all":
+        args.models = ",".join(slab_ms.list_models())
     results = {}
     for name in args.models.split(","):
         variants = ["ms", "ms fused"] + (["ms fused SSSS"] if "slab" in name else []) + \

@@ -105,3 +105,15 @@ def test_a_network_that_already_ran_recompiles_after_fusion():
     assert rel_err(net(x).asnumpy(), expected) < 1e-6   # compiled once, unfused
     slab_ms.reparameterize(net)
     assert rel_err(net(x).asnumpy(), expected) < 1e-5
+
+
+def test_a_norm_never_folds_into_a_conv_that_pads_its_input():
+    """Zero padding sees 0, not the norm's shift b: such a fold would be wrong at the borders."""
+    from mindspore import nn
+    from slab_ms.layers.prepbn import RepBN
+    from slab_ms.layers.reparam import fold_norm
+    padded = nn.Conv2d(8, 8, 3, pad_mode="pad", padding=1, has_bias=True)
+    with pytest.raises(ValueError, match="unpadded"):
+        fold_norm(RepBN(8), padded, "before")
+    unpadded = nn.Conv2d(8, 8, 2, stride=2, pad_mode="valid", has_bias=True)
+    assert fold_norm(RepBN(8), unpadded, "before") is unpadded
