@@ -18,7 +18,7 @@ from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_n
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
 from ..layers.sla import merge_heads, prefer_kv_first, sla_heads, split_heads, token_map_conv
-from .registry import register_inferer, register_model
+from .registry import build_registered, register_inferer, register_model
 
 
 def stripe_shape(resolution, split_size, idx):
@@ -268,17 +268,6 @@ class CSWinTransformer(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
-def _build(defaults, kwargs):
-    cfg = dict(defaults)
-    if kwargs.pop("pretrained", False):
-        raise ValueError("pretrained weights are not downloaded by slab_ms: convert an official checkpoint "
-                         "with convert.py and load it with slab_ms.load_checkpoint")
-    if "in_channels" in kwargs:  # mindcv.create_model passes in_channels
-        kwargs["in_chans"] = kwargs.pop("in_channels")
-    cfg.update(kwargs)
-    return CSWinTransformer(**cfg)
-
-
 _CSWIN = dict(embed_dim=64, split_size=(1, 2, 7, 7), la_split_size="56-28-14-7", num_heads=(2, 4, 8, 16),
               mlp_ratio=4.0, qkv_bias=True, attn_type="LLSS", norm="prepbn", total_step=120000, ln_eps=1e-5)
 # Registered defaults (upstream SLAB_CSWin_64_24181_tiny_224 / _24322_small_224; SPEC sections 2 and 6).
@@ -291,13 +280,13 @@ CSWIN_DEFAULTS = {
 @register_model
 def slab_cswin_tiny(pretrained=False, **kwargs):
     """SLAB-CSwin-T: SLA in stages 1-2, LePE attention in 3-4, PRepBN over 120k steps; 82.8% top-1."""
-    return _build(CSWIN_DEFAULTS["slab_cswin_tiny"], dict(kwargs, pretrained=pretrained))
+    return build_registered(CSWinTransformer, CSWIN_DEFAULTS["slab_cswin_tiny"], pretrained, kwargs)
 
 
 @register_model
 def slab_cswin_small(pretrained=False, **kwargs):
     """SLAB-CSwin-S."""
-    return _build(CSWIN_DEFAULTS["slab_cswin_small"], dict(kwargs, pretrained=pretrained))
+    return build_registered(CSWinTransformer, CSWIN_DEFAULTS["slab_cswin_small"], pretrained, kwargs)
 
 
 @register_inferer

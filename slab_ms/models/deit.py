@@ -17,7 +17,7 @@ from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
 from ..layers.sla import SimplifiedLinearAttention, merge_heads, split_heads
-from .registry import register_inferer, register_model
+from .registry import build_registered, register_inferer, register_model
 
 
 class Attention(nn.Cell):
@@ -150,17 +150,6 @@ class VisionTransformer(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
-def _build(defaults, kwargs):
-    cfg = dict(defaults)
-    if kwargs.pop("pretrained", False):
-        raise ValueError("pretrained weights are not downloaded by slab_ms: convert an official checkpoint "
-                         "with convert.py and load it with slab_ms.load_checkpoint")
-    if "in_channels" in kwargs:  # mindcv.create_model passes in_channels
-        kwargs["in_chans"] = kwargs.pop("in_channels")
-    cfg.update(kwargs)
-    return VisionTransformer(**cfg)
-
-
 _DEIT = dict(patch_size=16, depth=12, mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.0, ln_eps=1e-6)
 _SLAB_DEIT = dict(_DEIT, attn_type="L", norm="prepbn", total_step=60000, class_token=False, global_pool="avg")
 # Registered defaults (shared/reference/checkpoints and SPEC sections 2 and 6).
@@ -175,25 +164,25 @@ DEIT_DEFAULTS = {
 @register_model
 def deit_tiny_prepbn(pretrained=False, **kwargs):
     """DeiT-T with plain RepBN (no LayerNorm schedule); 73.6% top-1."""
-    return _build(DEIT_DEFAULTS["deit_tiny_prepbn"], dict(kwargs, pretrained=pretrained))
+    return build_registered(VisionTransformer, DEIT_DEFAULTS["deit_tiny_prepbn"], pretrained, kwargs)
 
 
 @register_model
 def deit_small_prepbn(pretrained=False, **kwargs):
     """DeiT-S with PRepBN over 300k steps; 80.2% top-1."""
-    return _build(DEIT_DEFAULTS["deit_small_prepbn"], dict(kwargs, pretrained=pretrained))
+    return build_registered(VisionTransformer, DEIT_DEFAULTS["deit_small_prepbn"], pretrained, kwargs)
 
 
 @register_model
 def slab_deit_tiny(pretrained=False, **kwargs):
     """SLAB-DeiT-T: SLA, PRepBN over 60k steps, mean pooling; 74.3% top-1."""
-    return _build(DEIT_DEFAULTS["slab_deit_tiny"], dict(kwargs, pretrained=pretrained))
+    return build_registered(VisionTransformer, DEIT_DEFAULTS["slab_deit_tiny"], pretrained, kwargs)
 
 
 @register_model
 def slab_deit_small(pretrained=False, **kwargs):
     """SLAB-DeiT-S; 80.0% top-1."""
-    return _build(DEIT_DEFAULTS["slab_deit_small"], dict(kwargs, pretrained=pretrained))
+    return build_registered(VisionTransformer, DEIT_DEFAULTS["slab_deit_small"], pretrained, kwargs)
 
 
 @register_inferer

@@ -23,7 +23,7 @@ from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm_into, is_foldable
 from ..layers.sla import SimplifiedLinearAttention, merge_heads, split_heads
-from .registry import register_inferer, register_model
+from .registry import build_registered, register_inferer, register_model
 
 
 class SpatialReductionAttention(nn.Cell):
@@ -179,17 +179,6 @@ class PyramidVisionTransformer(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
-def _build(defaults, kwargs):
-    cfg = dict(defaults)
-    if kwargs.pop("pretrained", False):
-        raise ValueError("pretrained weights are not downloaded by slab_ms: convert an official checkpoint "
-                         "with convert.py and load it with slab_ms.load_checkpoint")
-    if "in_channels" in kwargs:  # mindcv.create_model passes in_channels
-        kwargs["in_chans"] = kwargs.pop("in_channels")
-    cfg.update(kwargs)
-    return PyramidVisionTransformer(**cfg)
-
-
 _PVT = dict(patch_size=4, embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
             qkv_bias=True, sr_ratios=(8, 4, 2, 1), norm="prepbn", total_step=300000, ln_eps=1e-6)
 # Registered defaults (shared/reference/checkpoints, SPEC sections 2 and 6, upstream cfgs).
@@ -204,25 +193,25 @@ PVT_DEFAULTS = {
 @register_model
 def pvt_tiny_prepbn(pretrained=False, **kwargs):
     """PVT-T with PRepBN over 300k steps; 76.0% top-1."""
-    return _build(PVT_DEFAULTS["pvt_tiny_prepbn"], dict(kwargs, pretrained=pretrained))
+    return build_registered(PyramidVisionTransformer, PVT_DEFAULTS["pvt_tiny_prepbn"], pretrained, kwargs)
 
 
 @register_model
 def pvt_small_prepbn(pretrained=False, **kwargs):
     """PVT-S with PRepBN; 80.1% top-1."""
-    return _build(PVT_DEFAULTS["pvt_small_prepbn"], dict(kwargs, pretrained=pretrained))
+    return build_registered(PyramidVisionTransformer, PVT_DEFAULTS["pvt_small_prepbn"], pretrained, kwargs)
 
 
 @register_model
 def pvt_medium_prepbn(pretrained=False, **kwargs):
     """PVT-M with PRepBN; 81.7% top-1."""
-    return _build(PVT_DEFAULTS["pvt_medium_prepbn"], dict(kwargs, pretrained=pretrained))
+    return build_registered(PyramidVisionTransformer, PVT_DEFAULTS["pvt_medium_prepbn"], pretrained, kwargs)
 
 
 @register_model
 def slab_pvt_tiny(pretrained=False, **kwargs):
     """SLAB-PVT-T: SLA in every stage, no spatial reduction, PRepBN; 76.5% top-1."""
-    return _build(PVT_DEFAULTS["slab_pvt_tiny"], dict(kwargs, pretrained=pretrained))
+    return build_registered(PyramidVisionTransformer, PVT_DEFAULTS["slab_pvt_tiny"], pretrained, kwargs)
 
 
 @register_inferer

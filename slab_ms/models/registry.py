@@ -18,6 +18,18 @@ def infer_model(shapes):
     return None
 
 
+def build_registered(cls, defaults, pretrained, kwargs):
+    """``cls(**defaults updated by kwargs)`` for a registered constructor: refuses ``pretrained``
+    (slab_ms downloads nothing) and accepts mindcv's ``in_channels`` for ``in_chans``."""
+    kwargs = dict(kwargs)
+    if pretrained:
+        raise ValueError("pretrained weights are not downloaded by slab_ms: convert an official checkpoint "
+                         "with convert.py and load it with slab_ms.load_checkpoint")
+    if "in_channels" in kwargs:
+        kwargs["in_chans"] = kwargs.pop("in_channels")
+    return cls(**dict(defaults, **kwargs))
+
+
 def register_model(fn):
     _MODELS[fn.__name__] = fn
     return fn

@@ -18,7 +18,7 @@ from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
 from ..layers.sla import SimplifiedLinearAttention
-from .registry import register_inferer, register_model
+from .registry import build_registered, register_inferer, register_model
 
 
 def relative_position_index(window_size):
@@ -289,17 +289,6 @@ class SwinTransformer(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
-def _swin(defaults, kwargs):
-    cfg = dict(defaults)
-    if kwargs.pop("pretrained", False):
-        raise ValueError("pretrained weights are not downloaded by slab_ms: convert an official checkpoint "
-                         "with convert.py and load it with slab_ms.load_checkpoint")
-    if "in_channels" in kwargs:  # mindcv.create_model passes in_channels
-        kwargs["in_chans"] = kwargs.pop("in_channels")
-    cfg.update(kwargs)
-    return SwinTransformer(**cfg)
-
-
 _SLAB_SWIN = dict(window_size=56, attn_type="LLSS", norm="prepbn", total_step=60000, ln_eps=1e-5)
 # Registered defaults (shared/reference/checkpoints and SPEC; drop path from the paper's recipe).
 SWIN_DEFAULTS = {
@@ -317,25 +306,25 @@ SWIN_DEFAULTS = {
 @register_model
 def slab_swin_tiny(pretrained=False, **kwargs):
     """SLAB-Swin-T: SLA in stages 1-2 (global), PRepBN over 60k steps; 81.8% top-1."""
-    return _swin(SWIN_DEFAULTS["slab_swin_tiny"], dict(kwargs, pretrained=pretrained))
+    return build_registered(SwinTransformer, SWIN_DEFAULTS["slab_swin_tiny"], pretrained, kwargs)
 
 
 @register_model
 def slab_swin_small(pretrained=False, **kwargs):
     """SLAB-Swin-S; 83.6% top-1."""
-    return _swin(SWIN_DEFAULTS["slab_swin_small"], dict(kwargs, pretrained=pretrained))
+    return build_registered(SwinTransformer, SWIN_DEFAULTS["slab_swin_small"], pretrained, kwargs)
 
 
 @register_model
 def slab_swin_base(pretrained=False, **kwargs):
     """SLAB-Swin-B."""
-    return _swin(SWIN_DEFAULTS["slab_swin_base"], dict(kwargs, pretrained=pretrained))
+    return build_registered(SwinTransformer, SWIN_DEFAULTS["slab_swin_base"], pretrained, kwargs)
 
 
 @register_model
 def swin_tiny_prepbn(pretrained=False, **kwargs):
     """Swin-T with plain RepBN (no LayerNorm schedule) and softmax attention; 81.4% top-1."""
-    return _swin(SWIN_DEFAULTS["swin_tiny_prepbn"], dict(kwargs, pretrained=pretrained))
+    return build_registered(SwinTransformer, SWIN_DEFAULTS["swin_tiny_prepbn"], pretrained, kwargs)
 
 
 @register_inferer
