@@ -17,7 +17,6 @@ import pickle
 import struct
 import tempfile
 import zipfile
-import zlib
 from collections import OrderedDict
 
 import numpy as np
@@ -153,8 +152,9 @@ class _Archive:
             raw = self.zf.read(name)
         except KeyError:
             raise CheckpointError(f"corrupt checkpoint: storage {key!r} is missing from the archive") from None
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as e:
-            raise CheckpointError(f"corrupt checkpoint: cannot read storage {key!r} ({e})") from None
+        except Exception as e:  # bad CRC, zlib error, truncation, an unsupported compression flag...
+            raise CheckpointError(f"corrupt checkpoint: cannot read storage {key!r} ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
         if dtype == "bfloat16":  # numpy has no bfloat16: widen exactly to float32
             if len(raw) != 2 * numel:
                 raise CheckpointError(f"corrupt checkpoint: storage {key!r} has {len(raw)} bytes, expected {2 * numel}")
@@ -173,7 +173,11 @@ def read_torch_checkpoint(path):
         raise CheckpointError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path}: empty file")
-    if not zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except Exception:  # a damaged end-of-archive record (e.g. a multi-disk flag) raises, not False
+        is_zip = False
+    if not is_zip:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (expected the zip format of torch.save, "
                               "torch>=1.6; legacy and other formats are not read)")
     try:
