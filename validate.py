@@ -30,7 +30,8 @@ def main(argv=None):
         if not cfg.ckpt_path:
             raise ConfigError("--ckpt_path is required")
         setup_context(cfg)
-        data_lib.check_image_folder(cfg.data_dir, split or cfg.val_split, cfg.num_classes)
+        _, bad = data_lib.check_image_folder(cfg.data_dir, split or cfg.val_split, cfg.num_classes,
+                                             cfg.max_bad_images)
         net = build_model(cfg)
         load_checkpoint(net, cfg.ckpt_path, use_ema=use_ema)
         top1, top5, n = evaluate(net, data_lib.eval_loader(cfg, split=split))
@@ -38,7 +39,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     print(json.dumps({"model": cfg.model, "checkpoint": cfg.ckpt_path, "ema": use_ema, "images": n,
-                      "top1": top1, "top5": top5}))
+                      "top1": top1, "top5": top5, "bad_images": len(bad)}))
     return 0
 
 

@@ -127,13 +127,70 @@ def test_two_worker_data_parallel_run(digits, tmp_path):
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
 
 
+def _with_empty_class(digits, tmp_path):
+    """A copy of the digits tree (as links) whose train/3 folder is empty."""
+    root = tmp_path / "empty_class"
+    for split in ("train", "val"):
+        for c in sorted(os.listdir(os.path.join(digits, split))):
+            (root / split / c).mkdir(parents=True)
+            if (split, c) != ("train", "3"):
+                for f in os.listdir(os.path.join(digits, split, c)):
+                    os.symlink(os.path.join(digits, split, c, f), root / split / c / f)
+    return str(root)
+
+
+def test_unreadable_images_are_replaced_counted_and_limited(digits, tmp_path):
+    """An empty file, random bytes and a truncated PNG among the training images: the run
+    completes with them replaced in the pipeline and counted; over max_bad_images it refuses."""
+    data = tmp_path / "bad_images"
+    for split in ("train", "val"):
+        for c in sorted(os.listdir(os.path.join(digits, split))):
+            (data / split / c).mkdir(parents=True)
+            for f in os.listdir(os.path.join(digits, split, c)):
+                os.symlink(os.path.join(digits, split, c, f), data / split / c / f)
+    folder = data / "train" / "5"
+    (folder / "0000_empty.png").write_bytes(b"")
+    (folder / "0001_random.jpg").write_bytes(np.random.default_rng(0).bytes(3000))
+    png = (folder / sorted(os.listdir(folder))[-1]).read_bytes()
+    (folder / "0002_truncated.png").write_bytes(png[: len(png) // 2])
+    out = tmp_path / "run"
+    p = run(train_cmd(str(data), str(out), "--num_samples", "none", "--epoch_size", "1", "--prepbn_fraction", "0.5",
+                      "--bn_recalibrate_epochs", "0", "--max_bad_images", "3"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bad_images"] == {"train": 3, "val": 0}
+    assert "3 unreadable image files in train/" in (out / "train.log").read_text()
+    p = subprocess.run(train_cmd(str(data), str(tmp_path / "refused"), "--max_bad_images", "2"), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode != 0 and "has 3 unreadable image files, more than max_bad_images=2" in last, p.stderr[-2000:]
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(digits, tmp_path):
+    """Epoch 1 trains normally; from epoch 2 the learning rate is 1e30 (multi-step decay with
+    rate 1e30 at milestone 1), the weights overflow and the loss becomes NaN or inf."""
+    out = tmp_path / "nan"
+    p = subprocess.run(train_cmd(digits, str(out), "--epoch_size", "3", "--warmup_epochs", "0", "--lr", "1e-3",
+                                 "--scheduler", "multi_step_decay", "--multi_step_decay_milestones", "[1]",
+                                 "--decay_rate", "1e30", "--prepbn_fraction", "0.3", "--bn_recalibrate_epochs", "0"),
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert re.search(r"loss became (nan|inf) at epoch 2", last) and "last good checkpoint" in last, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    kept = sorted(f.name for f in out.glob("*.ckpt"))
+    assert "slab_swin_tiny-0001.ckpt" in kept and not {"slab_swin_tiny-0002.ckpt", "final.ckpt"} & set(kept), kept
+    params = read_ms_checkpoint(str(out / "slab_swin_tiny-0001.ckpt"))
+    assert all(np.isfinite(v).all() for v in params.values() if v.dtype.kind == "f")
+
+
 def test_bad_inputs_fail_with_one_line(digits, tmp_path):
     base = [sys.executable, os.path.join(ROOT, "train.py"), "--config",
             os.path.join(ROOT, "configs", "quickstart_digits.yaml"), "--ckpt_save_dir", str(tmp_path / "o")]
     cases = [(["--data_dir", str(tmp_path / "nowhere")], "data directory .* not found"),
              (["--data_dir", digits, "--num_classes", "7"], "num_classes is 7 but .* has 10 class folders"),
              (["--data_dir", digits, "--lrr", "0.1"], "unknown config key 'lrr'.*did you mean 'lr'"),
-             (["--data_dir", digits, *TINY, "--prepbn_steps", "100000"], "ends after the run")]
+             (["--data_dir", digits, *TINY, "--prepbn_steps", "100000"], "ends after the run"),
+             (["--data_dir", _with_empty_class(digits, tmp_path)], "class folder .*/train/3 holds no images")]
     for extra, pattern in cases:
         p = subprocess.run(base + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert p.returncode != 0

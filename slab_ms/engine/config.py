@@ -35,6 +35,8 @@ SCHEMA = {
     "data_dir": ("./", "str", "dataset root holding train_split/ and val_split/"),
     "train_split": ("train", "str", "training sub-folder"),
     "val_split": ("val", "str", "validation sub-folder"),
+    "max_bad_images": (100, "int", "unreadable image files tolerated per split (replaced in the pipeline, counted "
+                                   "and logged); more is an error; -1 skips the check"),
     "num_parallel_workers": (8, "int", "data pipeline workers per device"),
     "shuffle": (True, "bool", "shuffle the training data"),
     "num_samples": (None, "int", "use only this many training images (per shard)"),

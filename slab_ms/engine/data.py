@@ -14,8 +14,50 @@ def class_folders(path):
     return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
 
 
-def check_image_folder(root, split, num_classes):
-    """Class names of ``root/split`` after checking the tree; a clear ConfigError otherwise."""
+# Leading bytes of the formats the decoder reads.
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+
+
+def is_readable_image(path):
+    """A cheap content check (two small reads, no decode): False for an empty or unreadable file,
+    one that is no known image format, a JPEG without its end-of-image marker or a PNG without
+    its IEND chunk (truncated downloads), or a WebP shorter than its RIFF header says."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, size - 4096))
+            tail = f.read()
+    except OSError:
+        return False
+    if head.startswith(b"\xff\xd8\xff"):
+        return b"\xff\xd9" in tail   # some writers pad after the marker
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return b"IEND" in tail[-64:]
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return int.from_bytes(head[4:8], "little") + 8 <= size
+    return head.startswith(_MAGIC)
+
+
+def unreadable_images(path, classes):
+    """Image files (by extension) under ``path/<class>/`` that fail :func:`is_readable_image`."""
+    bad = []
+    for c in classes:
+        folder = os.path.join(path, c)
+        bad += [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not is_readable_image(os.path.join(folder, f))]
+    return bad
+
+
+def check_image_folder(root, split, num_classes, max_bad_images=-1):
+    """Class names of ``root/split`` after checking the tree; a clear ConfigError otherwise.
+
+    With ``max_bad_images >= 0`` every image file is checked (:func:`is_readable_image`): more
+    unreadable files than that is an error; fewer are logged and counted, and the pipeline is
+    switched to replace the samples that fail to decode by valid ones (dropping them instead
+    would give ranks different batch counts and hang a data-parallel run).
+    Returns ``(classes, unreadable files)``.
+    """
     path = os.path.join(root, split)
     if not os.path.isdir(path):
         raise ConfigError(f"data directory {path} not found (data_dir={root!r}, split={split!r})")
@@ -27,7 +69,15 @@ def check_image_folder(root, split, num_classes):
             raise ConfigError(f"class folder {os.path.join(path, c)} holds no images")
     if num_classes != len(classes):
         raise ConfigError(f"num_classes is {num_classes} but {path} has {len(classes)} class folders")
-    return classes
+    if max_bad_images < 0:
+        return classes, []
+    bad = unreadable_images(path, classes)
+    if len(bad) > max_bad_images:
+        raise ConfigError(f"{path} has {len(bad)} unreadable image files, more than max_bad_images="
+                          f"{max_bad_images}; e.g. {bad[0]}")
+    if bad:
+        ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.REPLACE)
+    return classes, bad
 
 
 def train_transforms(cfg):

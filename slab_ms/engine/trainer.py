@@ -170,9 +170,16 @@ def train(cfg):
     out = cfg.ckpt_save_dir
     os.makedirs(out, exist_ok=True)
     setup_logging(out, rank)
-    classes = data_lib.check_image_folder(cfg.data_dir, cfg.train_split, cfg.num_classes)
-    if cfg.val_while_train or cfg.bn_recalibrate_epochs:
-        data_lib.check_image_folder(cfg.data_dir, cfg.val_split, cfg.num_classes)
+    splits = [cfg.train_split] + ([cfg.val_split] if cfg.val_while_train or cfg.bn_recalibrate_epochs else [])
+    bad_images, classes = {}, None
+    for split in splits:
+        found, bad = data_lib.check_image_folder(cfg.data_dir, split, cfg.num_classes, cfg.max_bad_images)
+        classes = classes or found   # the training split's
+        bad_images[split] = len(bad)
+        if bad:
+            logger.warning(f"{len(bad)} unreadable image files in {split}/ (at most max_bad_images="
+                           f"{cfg.max_bad_images}): the pipeline replaces them by valid samples; "
+                           f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
 
     net = build_model(cfg)
     amp = amp_level_for(cfg, target)
@@ -309,6 +316,7 @@ def train(cfg):
         "bn_recalibrated_batches": recal, "global_batch": global_batch, "device_target": target, "amp_level": amp,
         "final_loss": history["steps"][-1]["loss"] if history["steps"] else None,
         "checkpoint": os.path.join(out, "final.ckpt"), "config": cfg.config, "parameter_digest": digest,
+        "bad_images": bad_images,
     }
     if rank == 0:
         state.save_state(os.path.join(out, "final.ckpt"), state.collect_state(net, optimizer, stepper, meta))
