@@ -183,6 +183,55 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(digits, tmp_p
     assert all(np.isfinite(v).all() for v in params.values() if v.dtype.kind == "f")
 
 
+def _worker_pid(out_dir, rank):
+    """The pid of msrun's worker ``rank`` training into ``out_dir`` (from /proc), or None."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if (str(out_dir).encode() in cmd and b"MS_ROLE=MS_WORKER" in env
+                and f"MS_NODE_ID={rank}".encode() in env):
+            return int(pid)
+    return None
+
+
+def test_a_dead_worker_ends_the_data_parallel_run_with_an_error(digits, tmp_path):
+    """SIGKILL one of two workers mid-run: the launcher exits non-zero within a bounded time
+    (msrun kills the other worker), never hangs in a collective."""
+    out = tmp_path / "dead"
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    err_file = open(tmp_path / "stderr.txt", "w+")   # files, not pipes: msrun writes a lot and must never block
+    proc = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "run_distribute.sh"),
+                             os.path.join(ROOT, "configs", "quickstart_digits.yaml"), "2", "--data_dir", digits,
+                             "--ckpt_save_dir", str(out), *TINY, "--epoch_size", "200", "--prepbn_fraction", "0.5"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err_file, text=True, env=env,
+                            start_new_session=True)
+    try:
+        log = out / "logs" / "worker_1.log"
+        deadline = time.time() + 600
+        while time.time() < deadline and not (log.exists() and "step 10/" in log.read_text()):
+            assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-2000:]
+            time.sleep(1)
+        pid = _worker_pid(out, 1)
+        assert pid is not None, "worker 1 not found"
+        os.kill(pid, signal.SIGKILL)
+        killed = time.time()
+        proc.wait(timeout=300)
+        elapsed = time.time() - killed
+    finally:
+        if proc.poll() is None:   # a hang: clean up before failing
+            os.killpg(proc.pid, signal.SIGKILL)
+        err_file.close()
+    err = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode != 0 and "distributed training failed" in err, err[-2000:]
+    assert elapsed < 180, f"the launcher took {elapsed:.0f} s to exit after a worker died"
+    assert _worker_pid(out, 0) is None   # the surviving worker is gone too
+
+
 def test_bad_inputs_fail_with_one_line(digits, tmp_path):
     base = [sys.executable, os.path.join(ROOT, "train.py"), "--config",
             os.path.join(ROOT, "configs", "quickstart_digits.yaml"), "--ckpt_save_dir", str(tmp_path / "o")]
