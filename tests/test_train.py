@@ -88,6 +88,19 @@ def test_resume_after_kill_matches_an_uninterrupted_run(digits, tmp_path):
     assert got["top1"] == pytest.approx(summary["top1"], abs=1e-6) and got["images"] == 364
 
 
+def test_resume_skips_a_damaged_newest_checkpoint(digits, tmp_path):
+    """A truncated newest epoch checkpoint (a disk full, a copy cut short): --resume auto takes
+    the newest one that loads and the run completes."""
+    out = tmp_path / "damaged"
+    args = ["--epoch_size", "3", "--prepbn_fraction", "0.5", "--bn_recalibrate_epochs", "0"]
+    run(train_cmd(digits, str(out), *args))
+    newest = out / "slab_swin_tiny-0003.ckpt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    summary = json.loads(run(train_cmd(digits, str(out), *args, "--resume", "auto")).stdout.strip().splitlines()[-1])
+    assert re.search(r"resumed from \S*slab_swin_tiny-0002\.ckpt at epoch 2", (out / "train.log").read_text())
+    assert summary["epochs"] == 3 and summary["steps"] == 30
+
+
 def test_paper_augmentations_and_ema(digits, tmp_path):
     """The ImageNet configs' data path (RandAugment, colour jitter, random erasing, mixup/cutmix
     with soft labels) and EMA, through train.py and validate.py --use_ema."""
