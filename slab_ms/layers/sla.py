@@ -1,6 +1,8 @@
 """Simplified Linear Attention (SLA), SLAB paper section 4 / SPEC section 4.
 
-Upstream: ``SimplifiedLinearAttention`` in ``classification/models/slab_swin.py``.
+Upstream: ``SimplifiedLinearAttention`` in ``classification/models/slab_swin.py`` (also
+``slab_deit.py``; ``slab_pvt.py`` with ``q``/``kv``; ``slab_cswin.py`` within stripes, which
+``models/cswin.py`` builds from :func:`sla_heads`).
 """
 import math
 
