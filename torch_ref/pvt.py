@@ -5,6 +5,7 @@ from torch import nn
 
 from .deit import linear_attention
 from .prepbn import make_norm
+from . import swin
 from .swin import DropPath, Mlp
 
 
@@ -76,11 +77,8 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class PatchEmbed(nn.Module):
-    def __init__(self, patch_size, in_chans, dim, norm_layer):
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, dim, patch_size, patch_size)
-        self.norm = norm_layer(dim)
+class PatchEmbed(swin.PatchEmbed):
+    """Swin's patch embedding, also returning the map size."""
 
     def forward(self, x):
         x = self.proj(x)

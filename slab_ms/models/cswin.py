@@ -18,7 +18,7 @@ from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_n
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
 from ..layers.sla import merge_heads, prefer_kv_first, sla_heads, split_heads, token_map_conv
-from .registry import build_registered, register_inferer, register_model
+from .registry import build_registered, overrides_from_defaults, register_inferer, register_model
 
 
 def stripe_shape(resolution, split_size, idx):
@@ -320,6 +320,4 @@ def infer_cswin_config(shapes):
                attn_type=kinds, norm=norm, num_classes=shapes["head.weight"][0] if "head.weight" in shapes else 0,
                mlp_ratio=shapes["stage1.0.mlp.fc1.weight"][0] / embed_dim, qkv_bias="stage1.0.qkv.bias" in shapes)
     name = "slab_cswin_small" if tuple(depth) == CSWIN_DEFAULTS["slab_cswin_small"]["depth"] else "slab_cswin_tiny"
-    defaults = dict(CSWIN_DEFAULTS[name], img_size=224, in_chans=3, num_classes=1000)
-    as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-    return name, {k: v for k, v in cfg.items() if as_tuple(v) != as_tuple(defaults.get(k))}
+    return name, overrides_from_defaults(CSWinTransformer, CSWIN_DEFAULTS[name], cfg)

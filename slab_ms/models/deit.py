@@ -17,7 +17,7 @@ from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
 from ..layers.sla import SimplifiedLinearAttention, merge_heads, split_heads
-from .registry import build_registered, register_inferer, register_model
+from .registry import build_registered, overrides_from_defaults, register_inferer, register_model
 
 
 class Attention(nn.Cell):
@@ -213,7 +213,4 @@ def infer_deit_config(shapes):
     else:  # softmax heads leave no trace in the shapes (nor matter to the conversion): a guess
         cfg["num_heads"] = {192: 3, 384: 6}.get(embed_dim, max(1, embed_dim // 64))
         name = "deit_small_prepbn" if norm == "prepbn" else "deit_tiny_prepbn"
-    if norm != DEIT_DEFAULTS[name]["norm"]:
-        cfg["norm"] = norm
-    defaults = dict(DEIT_DEFAULTS[name], img_size=224, in_chans=3, num_classes=1000)
-    return name, {k: v for k, v in cfg.items() if v != defaults.get(k)}
+    return name, overrides_from_defaults(VisionTransformer, DEIT_DEFAULTS[name], dict(cfg, norm=norm))

@@ -23,7 +23,7 @@ from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm_into, is_foldable
 from ..layers.sla import SimplifiedLinearAttention, merge_heads, split_heads
-from .registry import build_registered, register_inferer, register_model
+from .registry import build_registered, overrides_from_defaults, register_inferer, register_model
 
 
 class SpatialReductionAttention(nn.Cell):
@@ -257,6 +257,4 @@ def infer_pvt_config(shapes):
         if (tuple(defaults["depths"]), defaults["attn_type"]) == (tuple(depths), kinds):
             name = candidate
             break
-    defaults = dict(PVT_DEFAULTS[name], img_size=224, in_chans=3, num_classes=1000)
-    as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-    return name, {k: v for k, v in cfg.items() if as_tuple(v) != as_tuple(defaults.get(k))}
+    return name, overrides_from_defaults(PyramidVisionTransformer, PVT_DEFAULTS[name], cfg)

@@ -1,4 +1,6 @@
 """Model registry: ``@register_model`` constructors that only fill in sizes (timm/mindcv style)."""
+import inspect
+
 _MODELS = {}
 _INFERERS = []
 
@@ -7,6 +9,17 @@ def register_inferer(fn):
     """Register ``fn(shapes) -> (name, overrides) | None`` that recognises a family's PyTorch layout."""
     _INFERERS.append(fn)
     return fn
+
+
+def overrides_from_defaults(cls, registered, cfg):
+    """The entries of ``cfg`` (an inferred architecture) that differ from what the registered
+    constructor builds by default: ``cls``'s own defaults updated by ``registered``. Lists and
+    tuples of equal items compare equal."""
+    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    defaults.update(registered)
+    as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return {k: v for k, v in cfg.items() if as_tuple(v) != as_tuple(defaults.get(k))}
 
 
 def infer_model(shapes):

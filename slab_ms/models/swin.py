@@ -18,7 +18,7 @@ from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
 from ..layers.sla import SimplifiedLinearAttention
-from .registry import build_registered, register_inferer, register_model
+from .registry import build_registered, overrides_from_defaults, register_inferer, register_model
 
 
 def relative_position_index(window_size):
@@ -390,8 +390,5 @@ def infer_swin_config(shapes):
                 embed_dim, depths, kinds, norm):
             name = candidate
             break
-    defaults = dict(SWIN_DEFAULTS[name], img_size=224, patch_size=4, in_chans=3, num_classes=1000,
-                    mlp_ratio=4.0, qkv_bias=True)
-    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-    return name, {k: v for k, v in cfg.items() if as_list(v) != as_list(defaults.get(k))}
+    return name, overrides_from_defaults(SwinTransformer, SWIN_DEFAULTS[name], cfg)
 
