@@ -140,27 +140,21 @@ def test_two_worker_data_parallel_run(digits, tmp_path):
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
 
 
-def _with_empty_class(digits, tmp_path):
-    """A copy of the digits tree (as links) whose train/3 folder is empty."""
-    root = tmp_path / "empty_class"
+def _linked_copy(digits, root, empty=None):
+    """A copy of the digits tree as symlinks, with class folder ``empty`` (e.g. "train/3") left empty."""
     for split in ("train", "val"):
         for c in sorted(os.listdir(os.path.join(digits, split))):
             (root / split / c).mkdir(parents=True)
-            if (split, c) != ("train", "3"):
+            if f"{split}/{c}" != empty:
                 for f in os.listdir(os.path.join(digits, split, c)):
                     os.symlink(os.path.join(digits, split, c, f), root / split / c / f)
-    return str(root)
+    return root
 
 
 def test_unreadable_images_are_replaced_counted_and_limited(digits, tmp_path):
     """An empty file, random bytes and a truncated PNG among the training images: the run
     completes with them replaced in the pipeline and counted; over max_bad_images it refuses."""
-    data = tmp_path / "bad_images"
-    for split in ("train", "val"):
-        for c in sorted(os.listdir(os.path.join(digits, split))):
-            (data / split / c).mkdir(parents=True)
-            for f in os.listdir(os.path.join(digits, split, c)):
-                os.symlink(os.path.join(digits, split, c, f), data / split / c / f)
+    data = _linked_copy(digits, tmp_path / "bad_images")
     folder = data / "train" / "5"
     (folder / "0000_empty.png").write_bytes(b"")
     (folder / "0001_random.jpg").write_bytes(np.random.default_rng(0).bytes(3000))
@@ -248,11 +242,12 @@ def test_a_dead_worker_ends_the_data_parallel_run_with_an_error(digits, tmp_path
 def test_bad_inputs_fail_with_one_line(digits, tmp_path):
     base = [sys.executable, os.path.join(ROOT, "train.py"), "--config",
             os.path.join(ROOT, "configs", "quickstart_digits.yaml"), "--ckpt_save_dir", str(tmp_path / "o")]
+    empty_class = str(_linked_copy(digits, tmp_path / "empty_class", empty="train/3"))
     cases = [(["--data_dir", str(tmp_path / "nowhere")], "data directory .* not found"),
              (["--data_dir", digits, "--num_classes", "7"], "num_classes is 7 but .* has 10 class folders"),
              (["--data_dir", digits, "--lrr", "0.1"], "unknown config key 'lrr'.*did you mean 'lr'"),
              (["--data_dir", digits, *TINY, "--prepbn_steps", "100000"], "ends after the run"),
-             (["--data_dir", _with_empty_class(digits, tmp_path)], "class folder .*/train/3 holds no images")]
+             (["--data_dir", empty_class], "class folder .*/train/3 holds no images")]
     for extra, pattern in cases:
         p = subprocess.run(base + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert p.returncode != 0
