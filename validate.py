@@ -6,6 +6,7 @@ Preprocessing is the evaluation transform of train.py (resize to image_resize / 
 centre crop, normalise). Prints one JSON line with top1 and top5 as fractions.
 """
 import json
+import os
 import sys
 
 import slab_ms  # noqa: F401  (sets the oneDNN ISA before MindSpore loads)
@@ -30,16 +31,21 @@ def main(argv=None):
         if not cfg.ckpt_path:
             raise ConfigError("--ckpt_path is required")
         setup_context(cfg)
-        _, bad = data_lib.check_image_folder(cfg.data_dir, split or cfg.val_split, cfg.num_classes,
-                                             cfg.max_bad_images)
+        split = split or cfg.val_split
+        _, bad = data_lib.check_image_folder(cfg.data_dir, split, cfg.num_classes, cfg.max_bad_images)
+        decoder = data_lib.ImageDecoder(os.path.join(cfg.data_dir, split))
+        decoder.add_files(bad)
         net = build_model(cfg)
         load_checkpoint(net, cfg.ckpt_path, use_ema=use_ema)
-        top1, top5, n = evaluate(net, data_lib.eval_loader(cfg, split=split))
+        top1, top5, n = evaluate(net, data_lib.eval_loader(cfg, split=split, decoder=decoder))
+        for path, why in decoder.new_failures():
+            print(f"warning: {path} replaced by another sample: {why}", file=sys.stderr)
+        decoder.check_limit(cfg.max_bad_images, split)
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     print(json.dumps({"model": cfg.model, "checkpoint": cfg.ckpt_path, "ema": use_ema, "images": n,
-                      "top1": top1, "top5": top5, "bad_images": len(bad)}))
+                      "top1": top1, "top5": top5, "bad_images": len(decoder)}))
     return 0
 
 

@@ -49,6 +49,27 @@ def rel_err(got, ref):
     return float(np.abs(np.asarray(got) - np.asarray(ref)).max() / max(1.0, float(np.abs(ref).max())))
 
 
+def undecodable_images(png_path):
+    """Two files made from a valid PNG that pass the start-up content check (magic, end marker)
+    but cannot be decoded: ``(jpeg, png)`` bytes. The JPEG's first Huffman table has impossible
+    code counts (MindSpore 2.10's own Decode segfaults on it); the PNG's IDAT stream is garbled."""
+    import io
+    import struct
+    from PIL import Image
+    buf = io.BytesIO()
+    with Image.open(png_path) as im:
+        im.convert("RGB").save(buf, "JPEG", quality=90)
+    jpeg = bytearray(buf.getvalue())
+    i = jpeg.index(b"\xff\xc4")
+    jpeg[i + 5:i + 21] = b"\xff" * 16
+    with open(png_path, "rb") as f:
+        png = bytearray(f.read())
+    i = png.index(b"IDAT")
+    n = struct.unpack(">I", png[i - 4:i])[0]
+    png[i + 4:i + 4 + n] = bytes(255 - b for b in png[i + 4:i + 4 + n])
+    return bytes(jpeg), bytes(png)
+
+
 @pytest.fixture(autouse=True)
 def graph_mode():
     ms.set_context(mode=ms.GRAPH_MODE)

@@ -16,7 +16,7 @@ from slab_ms.engine import data as data_lib
 from slab_ms.engine.config import load_config
 from slab_ms.engine.trainer import build_model
 
-from conftest import ROOT, SMALL_VARIANTS, SWIN_MINI, rel_err
+from conftest import ROOT, SMALL_VARIANTS, SWIN_MINI, rel_err, undecodable_images
 from test_reparam import randomize_ms
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -139,6 +139,16 @@ def test_infer_matches_the_validation_pipeline(tmp_path):
     assert result["images"] == 364 and len(set(np.round(result["top1_prob"], 4))) > 10
     assert result["top1"] == [str(i) for i in probs.argmax(1)]   # class names from the data's folders
     np.testing.assert_allclose(result["top1_prob"], probs.max(1), atol=1e-5)
+
+    # An image that MindSpore's own Decode would crash on (segfault) is a one-line error
+    val0 = os.path.join(digits, "val", "0")
+    jpeg, _ = undecodable_images(os.path.join(val0, sorted(os.listdir(val0))[0]))
+    (tmp_path / "damaged.jpg").write_bytes(jpeg)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), "--model_file", model_file, "--images",
+                        str(tmp_path / "damaged.jpg")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    last = (p.stderr.strip().splitlines() or [""])[-1]
+    assert p.returncode == 1 and last.startswith("error: ") and "cannot decode image" in last, \
+        (p.returncode, p.stderr[-1500:])
 
 
 def test_infer_refuses_bad_input(tmp_path):

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, undecodable_images
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import make_digits  # noqa: E402
@@ -152,24 +152,47 @@ def _linked_copy(digits, root, empty=None):
 
 
 def test_unreadable_images_are_replaced_counted_and_limited(digits, tmp_path):
-    """An empty file, random bytes and a truncated PNG among the training images: the run
-    completes with them replaced in the pipeline and counted; over max_bad_images it refuses."""
+    """Training images that are empty, random bytes or a truncated PNG (caught by the start-up
+    content check), and a JPEG and a PNG that pass that check but fail to decode (caught by the
+    decoder): the run completes with them replaced in the pipeline, counted and named, and
+    validate.py counts a bad validation image too. Over max_bad_images the run refuses, at
+    start-up or when the decoder finds one too many."""
     data = _linked_copy(digits, tmp_path / "bad_images")
     folder = data / "train" / "5"
+    good = folder / sorted(os.listdir(folder))[-1]
     (folder / "0000_empty.png").write_bytes(b"")
     (folder / "0001_random.jpg").write_bytes(np.random.default_rng(0).bytes(3000))
-    png = (folder / sorted(os.listdir(folder))[-1]).read_bytes()
+    png = good.read_bytes()
     (folder / "0002_truncated.png").write_bytes(png[: len(png) // 2])
+    jpeg, garbled = undecodable_images(str(good))
+    (folder / "0003_huffman.jpg").write_bytes(jpeg)
+    (folder / "0004_idat.png").write_bytes(garbled)
+    (data / "val" / "2" / "0000_huffman.jpg").write_bytes(jpeg)
     out = tmp_path / "run"
-    p = run(train_cmd(str(data), str(out), "--num_samples", "none", "--epoch_size", "1", "--prepbn_fraction", "0.5",
-                      "--bn_recalibrate_epochs", "0", "--max_bad_images", "3"))
+    run(train_cmd(str(data), str(out), "--num_samples", "none", "--epoch_size", "1", "--prepbn_fraction", "0.5",
+                  "--bn_recalibrate_epochs", "0", "--max_bad_images", "5"))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["bad_images"] == {"train": 3, "val": 0}
-    assert "3 unreadable image files in train/" in (out / "train.log").read_text()
-    p = subprocess.run(train_cmd(str(data), str(tmp_path / "refused"), "--max_bad_images", "2"), cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
-    last = p.stderr.strip().splitlines()[-1]
-    assert p.returncode != 0 and "has 3 unreadable image files, more than max_bad_images=2" in last, p.stderr[-2000:]
+    assert summary["bad_images"] == {"train": 5, "val": 1}
+    log = (out / "train.log").read_text()
+    assert "3 unusable image files found in train/, 3 so far" in log   # the content check, at start-up
+    named = re.findall(r"unusable image files found in \w+/, \d so far .*", log)
+    for name in ("0003_huffman.jpg", "0004_idat.png", "val/2/0000_huffman.jpg"):
+        assert any(name in line for line in named), log[-3000:]
+
+    v = subprocess.run([sys.executable, os.path.join(ROOT, "validate.py"), "--config",
+                        os.path.join(ROOT, "configs", "quickstart_digits.yaml"), "--data_dir", str(data), *TINY[:2],
+                        "--ckpt_path", str(out / "final.ckpt")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert v.returncode == 0, v.stderr[-2000:]
+    got = json.loads(v.stdout.strip().splitlines()[-1])
+    assert got["bad_images"] == 1 and got["images"] == 365 and "0000_huffman.jpg replaced" in v.stderr
+
+    for limit, message in (("2", "has 3 unreadable image files, more than max_bad_images=2"),
+                           ("3", "image files in train/ cannot be read or decoded, more than max_bad_images=3")):
+        p = subprocess.run(train_cmd(str(data), str(tmp_path / f"refused{limit}"), "--num_samples", "none",
+                                     "--max_bad_images", limit), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        last = p.stderr.strip().splitlines()[-1]
+        # (MindSpore logs each replaced sample as a WARNING with the decoder's exception; the error is one line)
+        assert p.returncode != 0 and last.startswith("error: ") and message in last, p.stderr[-2000:]
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(digits, tmp_path):

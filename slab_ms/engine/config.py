@@ -35,8 +35,12 @@ SCHEMA = {
     "data_dir": ("./", "str", "dataset root holding train_split/ and val_split/"),
     "train_split": ("train", "str", "training sub-folder"),
     "val_split": ("val", "str", "validation sub-folder"),
-    "max_bad_images": (100, "int", "unreadable image files tolerated per split (replaced in the pipeline, counted "
-                                   "and logged); more is an error; -1 skips the check"),
+    "max_bad_images": (100, "int", "image files per split that may fail the start-up content check or the decode "
+                                   "(replaced in the pipeline, counted and logged); more is an error; -1: no limit "
+                                   "and no start-up check"),
+    "image_decoder": ("pillow", "str", "pillow: decode in Python with Pillow, checked and counted (max_bad_images); "
+                                       "mindspore: mindcv's native decode ops, faster for training but a damaged "
+                                       "JPEG can crash the process (bench/bench_data.py)"),
     "num_parallel_workers": (8, "int", "data pipeline workers per device"),
     "shuffle": (True, "bool", "shuffle the training data"),
     "num_samples": (None, "int", "use only this many training images (per shard)"),
@@ -271,6 +275,8 @@ def validate(cfg):
     if cfg.pretrained:
         raise ConfigError("pretrained: SLAB weights are not downloaded; convert an official checkpoint with "
                           "convert.py and pass it as ckpt_path")
+    if cfg.image_decoder not in ("pillow", "mindspore"):
+        raise ConfigError(f"image_decoder must be pillow or mindspore, got {cfg.image_decoder!r}")
     if cfg.mode not in (0, 1):
         raise ConfigError(f"mode must be 0 (GRAPH_MODE) or 1 (PYNATIVE_MODE), got {cfg.mode}")
     if cfg.ema and not 0 < cfg.ema_decay < 1:

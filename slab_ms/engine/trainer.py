@@ -171,21 +171,20 @@ def train(cfg):
     os.makedirs(out, exist_ok=True)
     setup_logging(out, rank)
     splits = [cfg.train_split] + ([cfg.val_split] if cfg.val_while_train or cfg.bn_recalibrate_epochs else [])
-    bad_images, classes = {}, None
+    decoders, classes = {}, None   # per split: records the image files that cannot be used
     for split in splits:
         found, bad = data_lib.check_image_folder(cfg.data_dir, split, cfg.num_classes, cfg.max_bad_images)
         classes = classes or found   # the training split's
-        bad_images[split] = len(bad)
-        if bad:
-            logger.warning(f"{len(bad)} unreadable image files in {split}/ (at most max_bad_images="
-                           f"{cfg.max_bad_images}): the pipeline replaces them by valid samples; "
-                           f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        decoders[split] = data_lib.ImageDecoder(os.path.join(cfg.data_dir, split))
+        decoders[split].add_files(bad)
+    _report_bad_images(cfg, decoders)
 
     net = build_model(cfg)
     amp = amp_level_for(cfg, target)
     apply_amp(net, amp)
     k = cfg.gradient_accumulation_steps
-    first_loader = data_lib.train_loader(cfg, rank, world, epoch=0)   # ImageNet listing is slow: reused for epoch 0
+    # ImageNet listing is slow: this loader is reused for epoch 0
+    first_loader = data_lib.train_loader(cfg, rank, world, epoch=0, decoder=decoders[cfg.train_split])
     batches = first_loader.get_dataset_size()
     steps_per_epoch = batches // k
     if steps_per_epoch == 0:
@@ -229,10 +228,11 @@ def train(cfg):
 
     ips_window = []
     eval_forward = _Logits(net)
-    val_loader = data_lib.eval_loader(cfg, rank=rank, world=world) \
+    val_loader = data_lib.eval_loader(cfg, rank=rank, world=world, decoder=decoders.get(cfg.val_split)) \
         if cfg.val_while_train or cfg.bn_recalibrate_epochs else None   # built once, iterated per validation
     for epoch in range(start_epoch, cfg.epoch_size):
-        loader = first_loader if epoch == 0 else data_lib.train_loader(cfg, rank, world, epoch=epoch)
+        loader = first_loader if epoch == 0 else \
+            data_lib.train_loader(cfg, rank, world, epoch=epoch, decoder=decoders[cfg.train_split])
         net.set_train(True)
         bar = _progress(rank, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epoch_size}")
         seen, t0, losses = 0, None, []
@@ -244,6 +244,7 @@ def train(cfg):
                 raise TrainingError(f"loss became {loss} at epoch {epoch + 1}, optimizer step {step + 1}; stopping. "
                                     f"The last good checkpoint is kept in {out}")
             losses.append(loss)
+            decoders[cfg.train_split].check_limit(cfg.max_bad_images, cfg.train_split)
             if t0 is None:
                 t0 = time.perf_counter()   # the first step includes graph compilation
             else:
@@ -291,6 +292,7 @@ def train(cfg):
         logger.info(f"epoch {epoch + 1} done: loss {ep['loss']:.4f}"
                     + (f", val top-1 {100 * ep['top1']:.2f}% top-5 {100 * ep['top5']:.2f}%" if ep["top1"] is not None
                        else "") + (f", lambda {ep['lambda']:.4f}" if ep["lambda"] is not None else ""))
+        _report_bad_images(cfg, decoders)   # after the checkpoint: over the limit, this epoch is kept
 
     top1 = top5 = None
     if history["epochs"] and history["epochs"][-1]["top1"] is not None:
@@ -298,7 +300,8 @@ def train(cfg):
     recal = 0
     if cfg.bn_recalibrate_epochs and _has_bn(net):
         for e in range(cfg.bn_recalibrate_epochs):
-            loader = data_lib.train_loader(cfg, rank, world, epoch=cfg.epoch_size + e, mixup=False, augment=False)
+            loader = data_lib.train_loader(cfg, rank, world, epoch=cfg.epoch_size + e, mixup=False, augment=False,
+                                           decoder=decoders[cfg.train_split])
             recal += recalibrate_bn(net, (x for x, _ in loader.create_tuple_iterator(num_epochs=1)))
         if sync is not None:
             sync()
@@ -306,6 +309,7 @@ def train(cfg):
         logger.info(f"BN recalibrated over {recal} batches: val top-1 {100 * top1:.2f}% top-5 {100 * top5:.2f}%")
         history["epochs"][-1:] = [dict(history["epochs"][-1], recalibrated_top1=top1, recalibrated_top5=top5)] \
             if history["epochs"] else []
+    _report_bad_images(cfg, decoders)
     ips = float(np.mean(ips_window)) if ips_window else None
     digest = parameter_digest(net)
     logger.info(f"parameter digest {digest}")   # every rank logs it: data-parallel replicas must agree
@@ -316,7 +320,7 @@ def train(cfg):
         "bn_recalibrated_batches": recal, "global_batch": global_batch, "device_target": target, "amp_level": amp,
         "final_loss": history["steps"][-1]["loss"] if history["steps"] else None,
         "checkpoint": os.path.join(out, "final.ckpt"), "config": cfg.config, "parameter_digest": digest,
-        "bad_images": bad_images,
+        "bad_images": {split: len(d) for split, d in decoders.items()},
     }
     if rank == 0:
         state.save_state(os.path.join(out, "final.ckpt"), state.collect_state(net, optimizer, stepper, meta))
@@ -326,6 +330,19 @@ def train(cfg):
         report.write_json(os.path.join(out, "summary.json"), summary)
         logger.info(f"summary written to {os.path.join(out, 'summary.json')}")
     return summary if rank == 0 else None
+
+
+def _report_bad_images(cfg, decoders):
+    """Log the image files found bad since the last call, then enforce max_bad_images per split.
+    In data parallel each rank reports (and limits) what its own shard decoded."""
+    for split, decoder in decoders.items():
+        fresh = decoder.new_failures()
+        if fresh:
+            listed = "; ".join(f"{p} ({why})" for p, why in fresh[:5]) + (" ..." if len(fresh) > 5 else "")
+            logger.warning(f"{len(fresh)} unusable image files found in {split}/, {len(decoder)} so far (at most "
+                           f"max_bad_images={cfg.max_bad_images}); the pipeline uses other samples in their "
+                           f"place: {listed}")
+        decoder.check_limit(cfg.max_bad_images, split)
 
 
 def parameter_digest(net):
