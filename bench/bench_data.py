@@ -80,7 +80,8 @@ def crash_check(jpeg, tmp):
         got = []
         for which in ("mindspore", "ImageDecoder"):
             p = subprocess.run([sys.executable, "-c", CHILD.format(root=ROOT, path=path, which=which)],
-                               capture_output=True, text=True, timeout=300)
+                               capture_output=True, text=True, timeout=300, cwd=tmp)   # Decode drops an
+            # abnormal_image.jpg into the working directory when it fails
             lines = p.stdout.strip().splitlines()
             got.append(lines[-1] if p.returncode == 0 and lines else f"died (exit {p.returncode})")
         rows.append((what, *got))
