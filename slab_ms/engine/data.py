@@ -111,7 +111,8 @@ class ImageDecoder:
             return len(self._bad)
 
     def _resolve(self):
-        """Find the paths of decode failures under ``split_path``, by size, then content."""
+        """Find the paths of decode failures under ``split_path``, by size, then content (one walk
+        per batch of new failures; a file not found is not looked for again)."""
         with self._lock:
             open_ = {k: v for k, v in self._bad.items() if v[2] is None}
         sizes = {v[0] for v in open_.values()}
@@ -129,6 +130,10 @@ class ImageDecoder:
                                     open_[key][2] = entry.path
                     except OSError:
                         continue
+        with self._lock:
+            for v in open_.values():
+                if v[2] is None:
+                    v[2] = ""   # looked for and not found: no second walk for it
 
     def new_failures(self):
         """``[(path, error)]`` of the bad files not returned before (path ``"?"`` if the file is gone)."""
