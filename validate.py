@@ -6,7 +6,6 @@ Preprocessing is the evaluation transform of train.py (resize to image_resize / 
 centre crop, normalise). Prints one JSON line with top1 and top5 as fractions.
 """
 import json
-import os
 import sys
 
 import slab_ms  # noqa: F401  (sets the oneDNN ISA before MindSpore loads)
@@ -32,9 +31,7 @@ def main(argv=None):
             raise ConfigError("--ckpt_path is required")
         setup_context(cfg)
         split = split or cfg.val_split
-        _, bad = data_lib.check_image_folder(cfg.data_dir, split, cfg.num_classes, cfg.max_bad_images)
-        decoder = data_lib.ImageDecoder(os.path.join(cfg.data_dir, split))
-        decoder.add_files(bad)
+        _, decoder = data_lib.check_image_folder(cfg.data_dir, split, cfg.num_classes, cfg.max_bad_images)
         net = build_model(cfg)
         load_checkpoint(net, cfg.ckpt_path, use_ema=use_ema)
         top1, top5, n = evaluate(net, data_lib.eval_loader(cfg, split=split, decoder=decoder))

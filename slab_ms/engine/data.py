@@ -161,7 +161,8 @@ def check_image_folder(root, split, num_classes, max_bad_images=-1):
     With ``max_bad_images >= 0`` every image file is checked by content first
     (:func:`is_readable_image`, two small reads, no decode): more unreadable files than that is
     an error before anything runs. Files that pass but fail to decode are caught later, by
-    :class:`ImageDecoder`. Returns ``(classes, unreadable files)``.
+    :class:`ImageDecoder`. Returns ``(classes, decoder)``: the split's decoder, which already
+    holds the unreadable files.
     """
     path = os.path.join(root, split)
     if not os.path.isdir(path):
@@ -174,13 +175,15 @@ def check_image_folder(root, split, num_classes, max_bad_images=-1):
             raise ConfigError(f"class folder {os.path.join(path, c)} holds no images")
     if num_classes != len(classes):
         raise ConfigError(f"num_classes is {num_classes} but {path} has {len(classes)} class folders")
+    decoder = ImageDecoder(path)
     if max_bad_images < 0:
-        return classes, []
+        return classes, decoder
     bad = unreadable_images(path, classes)
     if len(bad) > max_bad_images:
         raise ConfigError(f"{path} has {len(bad)} unreadable image files, more than max_bad_images="
                           f"{max_bad_images}; e.g. {bad[0]}")
-    return classes, bad
+    decoder.add_files(bad)
+    return classes, decoder
 
 
 def _interpolation(name):

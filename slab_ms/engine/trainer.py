@@ -173,10 +173,9 @@ def train(cfg):
     splits = [cfg.train_split] + ([cfg.val_split] if cfg.val_while_train or cfg.bn_recalibrate_epochs else [])
     decoders, classes = {}, None   # per split: records the image files that cannot be used
     for split in splits:
-        found, bad = data_lib.check_image_folder(cfg.data_dir, split, cfg.num_classes, cfg.max_bad_images)
+        found, decoders[split] = data_lib.check_image_folder(cfg.data_dir, split, cfg.num_classes,
+                                                             cfg.max_bad_images)
         classes = classes or found   # the training split's
-        decoders[split] = data_lib.ImageDecoder(os.path.join(cfg.data_dir, split))
-        decoders[split].add_files(bad)
     _report_bad_images(cfg, decoders)
 
     net = build_model(cfg)
