@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
 from mindspore import nn, ops  # noqa: E402
 from bench_speed import timed  # noqa: E402  (same directory: one timing rule for both scripts)
+from slab_ms.layers.common import chunk_last  # noqa: E402
 
 
 def median_ms(fn, repeats=10):
@@ -40,6 +41,21 @@ class Heads(nn.Cell):
 class KtV(nn.Cell):
     def construct(self, x):
         return ops.matmul(x.transpose(0, 2, 1), x)
+
+
+class QkvByIndex(nn.Cell):
+    """q, k, v as ``qkv.reshape(1, N, 3, C)[:, :, i]`` (what the models did before 2026-11-22)."""
+
+    def construct(self, x):
+        t = x.reshape(1, 3136, 3, 96)
+        return t[:, :, 0], t[:, :, 1], t[:, :, 2]
+
+
+class QkvByRange(nn.Cell):
+    """The same three tensors as last-axis ranges (``slab_ms.layers.common.chunk_last``)."""
+
+    def construct(self, x):
+        return chunk_last(x, 3)
 
 
 class Erf(nn.Cell):
@@ -72,13 +88,18 @@ def main():
         ("split heads (reshape+transpose)", Heads(), lambda t: t.reshape(1, 3136, 3, 32).transpose(1, 2).contiguous(),
          (1, 3136, 96)),
         ("k^T v (batched matmul)", KtV(), lambda t: t.transpose(1, 2) @ t, (3, 3136, 32)),
+        ("q,k,v by middle-axis index", QkvByIndex(),
+         lambda t: [t.reshape(1, 3136, 3, 96)[:, :, i].contiguous() for i in range(3)], (1, 3136, 288)),
+        ("q,k,v by last-axis range", QkvByRange(),
+         lambda t: [t[..., 96 * i:96 * (i + 1)].contiguous() for i in range(3)], (1, 3136, 288)),
     ]
     print(f"{'op':34s} {'MindSpore ms':>12s} {'PyTorch ms':>11s} {'ratio':>6s}")
     with torch.no_grad():
         for name, cell, tfn, shape in cases:
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             a, t = ms.Tensor(x), torch.from_numpy(x)
-            m = median_ms(lambda: cell(a).asnumpy())
+            m = median_ms(lambda: [o.asnumpy() for o in cell(a)] if isinstance(cell, (QkvByIndex, QkvByRange))
+                          else cell(a).asnumpy())
             r = median_ms(lambda: tfn(t))
             print(f"{name:34s} {m:12.2f} {r:11.2f} {m / r:6.1f}")
 

@@ -36,6 +36,19 @@ class DropPath(nn.Cell):
         return x / self.keep_prob * mask
 
 
+def chunk_last(t, parts):
+    """``parts`` equal slices of the last axis: ``t.reshape(..., parts, c)[..., i, :]`` for each i.
+
+    The same values as indexing the reshaped tensor, but as contiguous range slices: MindSpore's
+    CPU StridedSlice takes ~9 ms to pick one index of a middle axis of a stage-1 qkv (1x3136x3x96)
+    and ~0.3 ms for the equivalent last-axis range (``bench/profile_ops.py``)."""
+    c = t.shape[-1] // parts
+    out = ()
+    for i in range(parts):
+        out = out + (t[..., i * c:(i + 1) * c],)
+    return out
+
+
 def drop_path_rates(drop_path_rate, total_depth):
     """Linearly increasing stochastic depth over all blocks (``torch.linspace`` rule)."""
     if total_depth == 1:

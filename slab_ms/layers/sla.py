@@ -10,6 +10,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from .common import chunk_last
+
 
 class SimplifiedLinearAttention(nn.Cell):
     """ReLU-kernel linear attention over the N tokens of one window, plus a depthwise conv of v.
@@ -58,14 +60,11 @@ class SimplifiedLinearAttention(nn.Cell):
         return ("q", "kv") if self.separate_kv else ("qkv",)
 
     def construct(self, x, mask=None):
-        b, n, c = x.shape
         if self.separate_kv:
             q = self.q(x)
-            kv = self.kv(x).reshape(b, n, 2, c)
-            k, v = kv[:, :, 0], kv[:, :, 1]
+            k, v = chunk_last(self.kv(x), 2)
         else:
-            qkv = self.qkv(x).reshape(b, n, 3, c)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+            q, k, v = chunk_last(self.qkv(x), 3)
         k = k + self.positional_encoding.astype(k.dtype)
         out = sla_heads(q, k, v, self.num_heads, self.side, self.side, self.dwc, self.kv_first)
         return self.proj_drop(self.proj(out))

@@ -14,7 +14,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
+from ..layers.common import DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
 from ..layers.sla import merge_heads, prefer_kv_first, sla_heads, split_heads, token_map_conv
@@ -144,8 +144,7 @@ class CSWinBlock(nn.Cell):
 
     def construct(self, x):
         b, n, c = x.shape
-        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, c)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = chunk_last(self.qkv(self.norm1(x)), 3)
         if self.branch_num == 2:
             half = c // 2
             x1 = self.attns[0](q[:, :, :half], k[:, :, :half], v[:, :, :half])

@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common import initializer as init
 
-from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
+from ..layers.common import DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
 from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
@@ -38,10 +38,9 @@ class Attention(nn.Cell):
         return ("qkv",)
 
     def construct(self, x):
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, c)
         h = self.num_heads
-        q, k, v = split_heads(qkv[:, :, 0], h), split_heads(qkv[:, :, 1], h), split_heads(qkv[:, :, 2], h)
+        q, k, v = chunk_last(self.qkv(x), 3)
+        q, k, v = split_heads(q, h), split_heads(k, h), split_heads(v, h)
         attn = ops.softmax(ops.matmul(q, k.transpose(0, 2, 1)) * self.scale, axis=-1)
         x = merge_heads(ops.matmul(self.attn_drop(attn), v), h)
         return self.proj_drop(self.proj(x))

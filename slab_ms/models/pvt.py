@@ -18,7 +18,7 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common import initializer as init
 
-from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
+from ..layers.common import DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
 from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm_into, is_foldable
@@ -67,8 +67,8 @@ class SpatialReductionAttention(nn.Cell):
             r = self.resolution
             reduced = self.sr(x.transpose(0, 2, 1).reshape(-1, c, r, r))
             x = self.norm(reduced.reshape(b, c, -1).transpose(0, 2, 1))
-        kv = self.kv(x).reshape(b, -1, 2, c)
-        k, v = split_heads(kv[:, :, 0], h), split_heads(kv[:, :, 1], h)
+        k, v = chunk_last(self.kv(x), 2)
+        k, v = split_heads(k, h), split_heads(v, h)
         attn = ops.softmax(ops.matmul(q, k.transpose(0, 2, 1)) * self.scale, axis=-1)
         x = merge_heads(ops.matmul(self.attn_drop(attn), v), h)
         return self.proj_drop(self.proj(x))

@@ -13,7 +13,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common import initializer as init
 
-from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
+from ..layers.common import DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
 from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
@@ -82,8 +82,10 @@ class WindowAttention(nn.Cell):
     def construct(self, x, mask=None):
         b, n, c = x.shape
         h = self.num_heads
-        qkv = self.qkv(x).reshape(b, n, 3, h, c // h).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+        q, k, v = chunk_last(self.qkv(x), 3)
+        q = q.reshape(b, n, h, c // h).transpose(0, 2, 1, 3) * self.scale
+        k = k.reshape(b, n, h, c // h).transpose(0, 2, 1, 3)
+        v = v.reshape(b, n, h, c // h).transpose(0, 2, 1, 3)
         attn = ops.matmul(q, k.transpose(0, 1, 3, 2))
         bias = ops.gather(self.relative_position_bias_table, self.relative_position_index, 0)
         attn = attn + bias.reshape(n, n, h).transpose(2, 0, 1).expand_dims(0).astype(attn.dtype)
