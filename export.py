@@ -89,9 +89,6 @@ def export(args):
         slab_ms.reparameterize(net)
         left = slab_ms.remaining_norms(net)
         meta["norms_left"] = left
-    if args.format == "ONNX":
-        from slab_ms.export_utils import make_onnx_compatible
-        make_onnx_compatible(net)
     shape = meta["input_shape"]
     example = ms.Tensor(shape=shape, dtype=ms.float32) if shape[0] is None else \
         ms.Tensor(np.zeros(shape, np.float32))

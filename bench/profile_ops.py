@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
 from mindspore import nn, ops  # noqa: E402
 from bench_speed import timed  # noqa: E402  (same directory: one timing rule for both scripts)
-from slab_ms.layers.common import chunk_last  # noqa: E402
+from slab_ms.layers.common import GELU, chunk_last  # noqa: E402
 
 
 def median_ms(fn, repeats=10):
@@ -80,6 +80,7 @@ def main():
         ("Dense 96->288 (qkv)", Apply(nn.Dense(96, 288)), torch.nn.Linear(96, 288), (1, 3136, 96)),
         ("Dense 96->384 (fc1)", Apply(nn.Dense(96, 384)), torch.nn.Linear(96, 384), (1, 3136, 96)),
         ("GELU exact (erf)", Apply(nn.GELU(approximate=False)), torch.nn.GELU(), (1, 3136, 384)),
+        ("GELU eval form (slab_ms GELU)", Apply(GELU()), torch.nn.GELU(), (1, 3136, 384)),
         ("erf alone", Erf(), torch.erf, (1, 3136, 384)),
         ("exp (reference op)", Exp(), torch.exp, (1, 3136, 384)),
         ("depthwise conv 5x5 (SLA dwc)", Apply(nn.Conv2d(32, 32, 5, pad_mode="pad", padding=2, group=32,

@@ -6,6 +6,7 @@ from mindspore import Tensor, nn
 
 from conftest import rel_err
 from slab_ms.layers import PRepBN, RepBN, SimplifiedLinearAttention
+from slab_ms.layers.common import GELU
 
 
 def counters(norm):
@@ -120,3 +121,21 @@ def test_sla_core_runs_in_float32_under_float16():
     assert half.dtype == ms.float16
     got = half.asnumpy().astype(np.float32)
     assert np.isfinite(got).all() and rel_err(got, ref) < 5e-3
+
+
+def test_gelu_eval_form_is_the_exact_gelu_to_float32_accuracy():
+    import math
+    gelu = GELU()
+    gelu.set_train(False)
+    xs = np.linspace(-12, 12, 240001).astype(np.float32)
+    exact = xs.astype(np.float64) * 0.5 * (1.0 + np.vectorize(math.erf)(xs.astype(np.float64) / math.sqrt(2.0)))
+    got = gelu(Tensor(xs)).asnumpy()
+    assert np.abs(got - exact).max() <= 1e-6  # torch's own float32 GELU is 1.1e-6 off here
+    big = np.array([20, 1e3, 1e4, 1e20, 3e38], np.float32)  # past the fit: saturates, no overflow NaN
+    tails = gelu(Tensor(np.concatenate([big, -big]))).asnumpy()
+    np.testing.assert_array_equal(tails, np.concatenate([big, np.zeros_like(big)]))
+    gelu.set_train(True)  # training runs MindSpore's erf GELU, whose gradient the trainer uses
+    x = tokens(3, (4, 64)) * 3.0
+    np.testing.assert_array_equal(gelu(x).asnumpy(), nn.GELU(approximate=False)(x).asnumpy())
+    gelu.set_train(False)
+    np.testing.assert_allclose(gelu(x).asnumpy(), nn.GELU(approximate=False)(x).asnumpy(), rtol=0, atol=1e-6)
