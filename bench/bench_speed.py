@@ -5,10 +5,11 @@ everywhere) against the PyTorch reference, measured in one run on one machine.
                                 [--threads N] [--train-batch 8] [--out bench/results]
 
 Rows per model: MindSpore eval of the model as trained (``ms``), re-parameterized (``ms fused``),
-the same fused network with softmax attention in every stage (``ms fused SSSS``), and the
+the same fused network with softmax attention in every stage (``ms fused SSSS``), the fused
+network exported to MindIR (dynamic batch) and run from the file (``ms fused MindIR``), and the
 PyTorch reference (eval, no_grad) with the same thread count. Columns: batch-1 latency (ms,
 median), throughput at the larger batches (images/s), first-call time at batch 1 (MindSpore:
-graph compile). One training step (forward, backward, AdamW) at ``--train-batch`` for the first
+graph compile; MindIR: loading the file and compiling it). One training step (forward, backward, AdamW) at ``--train-batch`` for the first
 model, MindSpore GRAPH_MODE against PyTorch. Writes ``results.md``, ``results.json`` and
 ``latency_vs_top1.png`` (batch-1 latency of the fused model against the published top-1 of
 SPEC section 7). Ratios are within this run only. Every figure comes from its own process (MindSpore keeps
@@ -66,6 +67,21 @@ def measure(call, batches, repeats, size):
 def ms_forward(net):
     net.set_train(False)
     return lambda x: net(ms.Tensor(x)).asnumpy()
+
+
+def mindir_forward(net, size, tmp):
+    """The deployed form: ``net`` exported to MindIR with a dynamic batch, run by MindSpore's own
+    MindIR runtime (``nn.GraphCell``, what infer.py uses without Lite). Loading the file happens in
+    the first call, so the first-call time is what a deployment pays at start-up."""
+    path = os.path.join(tmp, "model")
+    ms.export(net, ms.Tensor(shape=[None, 3, size, size], dtype=ms.float32), file_name=path, file_format="MINDIR")
+    state = {}
+
+    def call(x):
+        if "cell" not in state:
+            state["cell"] = ms.nn.GraphCell(ms.load(path + ".mindir"))
+        return state["cell"](ms.Tensor(x)).asnumpy()
+    return call
 
 
 def torch_forward(model):
@@ -167,6 +183,15 @@ def run_variant(name, variant, batches, repeats, threads):
     net = softmax_variant(name) if variant == "ms fused SSSS" else slab_ms.create_model(name)
     if variant != "ms":
         slab_ms.reparameterize(net)
+    if variant == "ms fused MindIR":
+        import shutil
+        import tempfile
+        net.set_train(False)
+        tmp = tempfile.mkdtemp(prefix="bench-mindir-")
+        try:
+            return measure(mindir_forward(net, size, tmp), batches, repeats, size)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return measure(ms_forward(net), batches, repeats, size)
 
 
@@ -228,7 +253,7 @@ def main():
         args.models = ",".join(slab_ms.list_models())
     results = {}
     for name in args.models.split(","):
-        variants = ["ms", "ms fused"] + (["ms fused SSSS"] if "slab" in name else []) + \
+        variants = ["ms", "ms fused"] + (["ms fused SSSS"] if "slab" in name else []) + ["ms fused MindIR"] + \
             ([] if args.no_torch else ["torch"])
         results[name] = {v: measure_in_parts(args, name, v, batches) for v in variants}
         print(f"{name}: " + json.dumps({k: v.get(f"b{batches[0]}_ms") for k, v in results[name].items()}),
