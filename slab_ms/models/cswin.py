@@ -44,12 +44,16 @@ class StripeAttentionBase(nn.Cell):
 
     def _partition(self, x):
         r, hs, ws = self.resolution, self.h_sp, self.w_sp
+        if hs == r and ws == r:  # one stripe covers the map (global SLA stages, the last stage)
+            return x
         c = x.shape[-1]
         x = x.reshape(-1, r // hs, hs, r // ws, ws, c).transpose(0, 1, 3, 2, 4, 5)
         return x.reshape(-1, hs * ws, c)
 
     def _reverse(self, x):
         r, hs, ws = self.resolution, self.h_sp, self.w_sp
+        if hs == r and ws == r:
+            return x
         c = x.shape[-1]
         x = x.reshape(-1, r // hs, r // ws, hs, ws, c).transpose(0, 1, 3, 2, 4, 5)
         return x.reshape(-1, r * r, c)
