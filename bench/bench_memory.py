@@ -1,6 +1,6 @@
 """Peak memory of inference: MindSpore unfused and fused against the PyTorch reference.
 
-    python bench/bench_memory.py [--model slab_swin_tiny] [--batches 1,8] [--threads N]
+    python bench/bench_memory.py [--model slab_swin_tiny] [--batches 1,8] [--threads N] [--out FILE]
 
 Each figure is the peak resident set size of its own process (import, build, compile and three
 forwards at one batch size), read from ``getrusage``: MindSpore keeps its CPU memory pool for
@@ -49,6 +49,7 @@ def main():
     p.add_argument("--model", default="slab_swin_tiny")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--out", help="also write the markdown table to this file")
     p.add_argument("--job", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.job:
@@ -69,6 +70,9 @@ def main():
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     print("\n" + "\n".join(lines))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
