@@ -22,16 +22,13 @@ sys.path.insert(0, ROOT)
 import slab_ms  # noqa: E402  (oneDNN ISA before MindSpore loads)
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
-from mindspore import nn  # noqa: E402
-
-from slab_ms.layers.prepbn import PRepBN, RepBN  # noqa: E402
 
 
 def count_norms(net):
-    """Norm layers as the model sees them: a PRepBN counts once, not with its LayerNorm and RepBN."""
-    cells = [c for _, c in net.cells_and_names()]
-    count = lambda kind: sum(isinstance(c, kind) for c in cells)  # noqa: E731
-    return count(RepBN) + count(nn.LayerNorm) - count(PRepBN)
+    """Norm layers as the model sees them: ``slab_ms.remaining_norms`` without the cells inside a
+    norm (a PRepBN counts once, not with its LayerNorm, RepBN and BatchNorm)."""
+    names = slab_ms.remaining_norms(net)
+    return sum(not any(n.startswith(m + ".") for m in names) for n in names)
 
 
 def build(name):
