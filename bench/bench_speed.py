@@ -10,10 +10,11 @@ network exported to MindIR (dynamic batch) and run from the file (``ms fused Min
 PyTorch reference (eval, no_grad) with the same thread count. Columns: batch-1 latency (ms,
 median), throughput at the larger batches (images/s), first-call time at batch 1 (MindSpore:
 graph compile; MindIR: loading the file and compiling it). One training step (forward, backward,
-AdamW) at ``--train-batch`` for the first model, MindSpore GRAPH_MODE against PyTorch. Writes ``results.md``, ``results.json`` and
-``latency_vs_top1.png`` (batch-1 latency of the fused model against the published top-1 of
-SPEC section 7). Ratios are within this run only. Every figure comes from its own process (MindSpore keeps
-its CPU memory pool for the life of a process); a batch that runs out of memory shows OOM.
+AdamW) at ``--train-batch`` for the first model, MindSpore GRAPH_MODE against PyTorch. Writes
+``results.md``, ``results.json`` and ``latency_vs_top1.png`` (batch-1 latency of the fused model
+against the published top-1 of SPEC section 7). Ratios are within this run only. Every figure
+comes from its own process (MindSpore keeps its CPU memory pool for the life of a process); a
+batch that runs out of memory shows OOM.
 """
 import argparse
 import json

@@ -31,13 +31,9 @@ class GELU(nn.Cell):
         if self.training:
             return self.exact(x)
         s = x * x
-        c = self.coeffs
-        q = s * c[6] + c[5]
-        q = q * s + c[4]
-        q = q * s + c[3]
-        q = q * s + c[2]
-        q = q * s + c[1]
-        q = q * s + c[0]
+        q = s * self.coeffs[-1] + self.coeffs[-2]
+        for c in self.coeffs[-3::-1]:   # Horner, down to the constant term
+            q = q * s + c
         return x * ops.sigmoid(x * q)
 
 
