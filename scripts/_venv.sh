@@ -13,12 +13,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 export PATH="$ROOT/.venv/bin:$PATH"   # msrun and subprocesses find the venv's python
-stamp=".venv/.installed-$(cat $REQS | sha1sum | cut -c1-12)"
+stamp=".venv/.installed-$(cat $REQS pyproject.toml | sha1sum | cut -c1-12)"
 for r in $REQS; do stamp="$stamp-$(basename "$r" .txt)"; done
 if [ ! -f "$stamp" ]; then
   extra=""; case "$REQS" in *test*) extra=" and the CPU build of torch";; esac
   echo "== installing $REQS (first run downloads MindSpore$extra)"
   python -m pip install --quiet --upgrade pip
   for r in $REQS; do python -m pip install --quiet -r "$r"; done
+  python -m pip install --quiet --no-deps -e .   # slab_ms importable anywhere, slab-train etc. on PATH
   touch "$stamp"
 fi

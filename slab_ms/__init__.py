@@ -4,7 +4,7 @@ from ._env import configure_onednn
 configure_onednn()
 
 from .checkpoint import load_checkpoint, load_param_dict, read_ms_checkpoint, save_ms_checkpoint  # noqa: E402
-from .convert.torch_io import CheckpointError  # noqa: E402
+from .errors import CheckpointError, ConfigError, SlabError, TrainingError  # noqa: E402
 from .layers import PRepBN, RepBN, SimplifiedLinearAttention  # noqa: E402
 from .layers.reparam import remaining_norms, reparameterize  # noqa: E402
 from .models import create_model, is_model, list_models, register_model  # noqa: E402

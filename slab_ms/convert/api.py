@@ -4,9 +4,10 @@ import os
 import numpy as np
 
 from ..checkpoint import model_params, read_ms_checkpoint, save_ms_checkpoint
+from ..errors import CheckpointError
 from ..models.registry import create_model, infer_model
 from .mapping import ms_to_torch, ms_to_torch_name, torch_to_ms
-from .torch_io import CheckpointError, extract_state_dict, read_torch_checkpoint, write_torch_state_dict
+from .torch_io import extract_state_dict, read_torch_checkpoint, write_torch_state_dict
 
 
 def resolve_architecture(model, overrides, shapes, path):

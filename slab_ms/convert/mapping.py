@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .torch_io import CheckpointError
+from ..errors import CheckpointError
 
 # MindSpore suffix -> PyTorch suffix (LayerNorm and BatchNorm); every other name is identical.
 MS_TO_TORCH_SUFFIX = {

@@ -21,9 +21,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message is one line."""
+from ..errors import CheckpointError  # noqa: F401  (re-exported: callers import it from here too)
 
 
 _STORAGE_DTYPES = {

@@ -5,7 +5,7 @@ an optimizer step is ``k`` forwards, so the modules are given ``k`` times the pl
 LayerNorm weight lambda then reaches 0 after exactly the planned number of optimizer steps.
 """
 from ..layers.prepbn import PRepBN
-from .config import ConfigError
+from ..errors import ConfigError
 
 
 def prepbn_cells(net):

@@ -1,6 +1,8 @@
 """Model registry: ``@register_model`` constructors that only fill in sizes (timm/mindcv style)."""
 import inspect
 
+from ..errors import ConfigError
+
 _MODELS = {}
 _INFERERS = []
 
@@ -61,11 +63,11 @@ def create_model(name, **overrides):
     ``img_size``, ``num_classes``, ``drop_path_rate``, ``attn_type``, ``window_size``, ...) replace
     the registered defaults."""
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     try:
         return _MODELS[name](**overrides)
     except TypeError as e:  # an override the family does not take
-        raise ValueError(f"bad arguments for {name}: {e}") from None
+        raise ConfigError(f"bad arguments for {name}: {e}") from None
 
 
 def register_with_mindcv():
@@ -78,3 +80,19 @@ def register_with_mindcv():
         if name not in mindcv_registry._model_entrypoints:
             mindcv_registry.register_model(fn)
     return True
+
+
+def parse_model_overrides(items):
+    """``["embed_dim=16", "depths=[2,2,2,2]", "attn_type=LLSS"]`` -> constructor overrides (values
+    parsed as Python literals, else kept as strings); a malformed item is a ConfigError."""
+    import ast
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value  # a bare string such as attn_type=LLSS
+    return out

@@ -1,0 +1,19 @@
+"""The errors slab_ms raises for the user: each carries a one-line message that the CLIs print
+as ``error: <message>`` (exit 2 for a bad config or flag, 1 otherwise)."""
+
+
+class SlabError(Exception):
+    """Base of the errors below; never raised itself."""
+
+
+class ConfigError(SlabError, ValueError):
+    """A bad config file, key, value or flag, a data tree that does not fit it (missing split,
+    empty class folder, wrong number of classes, too many unreadable images), or an unknown model."""
+
+
+class CheckpointError(SlabError, ValueError):
+    """A checkpoint that cannot be read, is hostile, or does not fit the model."""
+
+
+class TrainingError(SlabError, RuntimeError):
+    """A run that cannot go on: a diverged loss, or resume state that does not line up with the run."""
