@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 import numpy as np
 from PIL import Image
@@ -28,8 +29,22 @@ def build(out, size=32, val_every=5):
         with open(marker) as f:
             if json.load(f) == meta:
                 return meta
-    tmp = out.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if os.path.exists(out) and not os.path.isfile(marker) and (not os.path.isdir(out) or os.listdir(out)):
+        raise SystemExit(f"error: {out} exists and is not a digits tree made by this script; choose another --out")
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".digits-", dir=parent)   # ours: removed below whatever happens
+    try:
+        _write(tmp, images, labels, size, val_every, meta)
+        if os.path.isdir(out):   # an older digits tree of this script (its marker checked above), or empty
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def _write(tmp, images, labels, size, val_every, meta):
     for c in range(10):
         for split in ("train", "val"):
             os.makedirs(os.path.join(tmp, split, str(c)))
@@ -42,9 +57,6 @@ def build(out, size=32, val_every=5):
             os.path.join(tmp, split, str(label), f"{i:04d}.png"))
     with open(os.path.join(tmp, "digits.json"), "w") as f:
         json.dump(meta, f)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return meta
 
 
 def main():

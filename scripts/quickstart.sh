@@ -8,10 +8,18 @@
 # Extra arguments go to train.py (--key value).
 REQS="requirements.txt"
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
-OUT="${OUT:-output/quickstart}"
+OUT=output/quickstart
 CONFIG=configs/quickstart_digits.yaml
+# A fresh run each time (continue one with train.py --resume auto instead). The folder is removed
+# only when it holds the mark this script leaves: a folder it did not create is never deleted.
+MARK="$OUT/.made-by-quickstart"
+if [ -e "$OUT" ] && [ ! -f "$MARK" ]; then
+  echo "error: $OUT exists and was not made by scripts/quickstart.sh; move it away and run again" >&2
+  exit 2
+fi
+if [ -f "$MARK" ]; then rm -rf "$OUT"; fi
 python scripts/make_digits.py --out data/digits
-rm -rf "$OUT"     # a fresh run each time (continue a run with train.py --resume auto instead)
+mkdir -p "$OUT" && touch "$MARK"
 echo "== train.py --config $CONFIG (output in $OUT)"
 python train.py --config "$CONFIG" --ckpt_save_dir "$OUT" "$@" | grep --line-buffered -v '^{"model"'
 echo "== validate.py on $OUT/final.ckpt"

@@ -6,17 +6,26 @@
 # NUM_WORKERS defaults to the devices found: Ascend NPUs (/dev/davinciN), else NVIDIA GPUs, else 1.
 # Multi-node: set NNODES, NODE_RANK and MASTER_ADDR (and MASTER_PORT) on every node; NUM_WORKERS is
 # then the workers per node. Per-rank logs go to <ckpt_save_dir>/logs/worker_<rank>.log. Exits
-# non-zero when any worker fails. Uses .venv when it exists (created by scripts/quickstart.sh).
+# non-zero when any worker fails. Uses .venv when it exists (created by scripts/quickstart.sh). The config,
+# the data tree and the environment are checked before any worker starts.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+# Paths (the config, data_dir, ckpt_save_dir, resume) are taken from the caller's directory, as
+# train.py takes them: no cd here.
 if [ $# -lt 1 ] || [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
   sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 CONFIG="$1"; shift
-if [ ! -f "$CONFIG" ]; then echo "error: config file $CONFIG not found" >&2; exit 2; fi
-if [ -x .venv/bin/python ]; then export PATH="$ROOT/.venv/bin:$PATH"; fi   # msrun starts the python on PATH
+if [ ! -f "$CONFIG" ]; then echo "error: config file $CONFIG not found (from $(pwd))" >&2; exit 2; fi
+if [ -x "$ROOT/.venv/bin/python" ]; then export PATH="$ROOT/.venv/bin:$PATH"; fi   # msrun starts the python on PATH
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if ! python -c "import mindspore, mindcv" >/dev/null 2>&1; then
+  echo "error: $(command -v python || echo python) cannot import mindspore and mindcv: create $ROOT/.venv with" \
+       "bash $ROOT/scripts/quickstart.sh, or pip install $ROOT into this environment" >&2
+  exit 2
+fi
+if ! command -v msrun >/dev/null 2>&1; then echo "error: msrun (MindSpore's launcher) is not on PATH" >&2; exit 2; fi
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
   WORKERS="$1"; shift
 else
@@ -31,17 +40,16 @@ NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-$((20000 + RANDOM % 20000))}"
-# The output directory, with the overrides applied (also checks the config and the overrides).
-OUT=$(python -m slab_ms.engine.config "$CONFIG" --get ckpt_save_dir "$@" 2>/tmp/slab_cfg_err.$$) || {
-  cat /tmp/slab_cfg_err.$$ >&2; rm -f /tmp/slab_cfg_err.$$; exit 2; }
-rm -f /tmp/slab_cfg_err.$$
+# Before any worker starts: the config and the overrides, and the data tree (splits, class count);
+# prints the output directory.
+OUT=$(python -m slab_ms.engine.config "$CONFIG" --check-data --get ckpt_save_dir "$@") || exit 2
 OUT=$(echo "$OUT" | tail -n 1)
 mkdir -p "$OUT/logs"
 echo "== msrun: $NNODES node(s) x $WORKERS worker(s), node rank $NODE_RANK, master $MASTER_ADDR:$MASTER_PORT, logs in $OUT/logs"
 status=0
 msrun --worker_num=$((WORKERS * NNODES)) --local_worker_num="$WORKERS" --master_addr="$MASTER_ADDR" \
   --master_port="$MASTER_PORT" --node_rank="$NODE_RANK" --log_dir="$OUT/logs" --join=True \
-  python train.py --config "$CONFIG" --distribute true "$@" || status=$?
+  python "$ROOT/train.py" --config "$CONFIG" --distribute true "$@" || status=$?
 if [ $status -ne 0 ]; then
   echo "error: distributed training failed (exit $status); see $OUT/logs/worker_*.log" >&2
   for f in "$OUT"/logs/worker_*.log; do

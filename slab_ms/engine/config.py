@@ -11,17 +11,18 @@ import os
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad config file or value; the message is one line meant for the user."""
+from ..errors import ConfigError
 
 
-# key: (default, kind, help). kind: bool, int, float, str, list, dict, or "int|float" style unions;
-# None defaults stay None unless set. Names follow mindcv's config.py where mindcv has the key.
+# Names of mindspore.dataset.vision.Inter that mindcv's transforms accept (lower case).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area", "pilcubic", "antialias")
+
+# key: (default, kind, help[, choices]). kind: bool, int, float, str, list, dict, or "int|float" style
+# unions; None defaults stay None unless set. Names follow mindcv's config.py where mindcv has the key.
 SCHEMA = {
     # system
-    "mode": (0, "int", "0: GRAPH_MODE (default), 1: PYNATIVE_MODE"),
-    "device_target": ("auto", "str", "auto, CPU, GPU or Ascend"),
+    "mode": (0, "int", "0: GRAPH_MODE (default), 1: PYNATIVE_MODE", (0, 1)),
+    "device_target": ("auto", "str", "device to run on (auto: what MindSpore finds)", ("auto", "CPU", "GPU", "Ascend")),
     "distribute": (False, "bool", "data-parallel run (set by scripts/run_distribute.sh)"),
     "seed": (42, "int", "seed for numpy, random, MindSpore and the data order"),
     "log_interval": (100, "int", "log a line every N optimizer steps"),
@@ -31,17 +32,22 @@ SCHEMA = {
     "resume": ("", "str", "resume a run: a training checkpoint, or 'auto' for the newest in ckpt_save_dir"),
     "pretrained": (False, "bool", "mindcv key; SLAB weights are converted with convert.py instead"),
     # data
-    "dataset": ("imagenet", "str", "imagenet (any ImageFolder tree with train/ and val/)"),
+    "dataset": ("imagenet", "str", "imagenet: any ImageFolder tree with train/ and val/", ("imagenet",)),
     "data_dir": ("./", "str", "dataset root holding train_split/ and val_split/"),
     "train_split": ("train", "str", "training sub-folder"),
     "val_split": ("val", "str", "validation sub-folder"),
     "max_bad_images": (100, "int", "image files per split that may fail the start-up content check or the decode "
-                                   "(replaced in the pipeline, counted and logged); more is an error; -1: no limit "
+                                   "(replaced in training, skipped in evaluation, counted and logged); more is an error; -1: no limit "
                                    "and no start-up check"),
     "image_decoder": ("pillow", "str", "pillow: decode in Python with Pillow, checked and counted (max_bad_images); "
                                        "mindspore: mindcv's native decode ops, faster for training but a damaged "
-                                       "JPEG can crash the process (bench/bench_data.py)"),
+                                       "JPEG can crash the process (bench/bench_data.py); evaluation always decodes with Pillow (same "
+                                       "pixels)", ("pillow", "mindspore")),
     "num_parallel_workers": (8, "int", "data pipeline workers per device"),
+    "python_multiprocessing": (False, "bool", "run the pipeline's Python operations (Pillow decode, RandAugment) in "
+                                              "worker processes instead of threads: threads are faster on few cores "
+                                              "but share one interpreter lock (~1500 img/s per process, "
+                                              "bench/results/pipeline.md); bad files are still counted"),
     "shuffle": (True, "bool", "shuffle the training data"),
     "num_samples": (None, "int", "use only this many training images (per shard)"),
     "batch_size": (128, "int", "images per device per micro-step"),
@@ -53,7 +59,7 @@ SCHEMA = {
     "hflip": (0.5, "float", "horizontal flip probability"),
     "vflip": (0.0, "float", "vertical flip probability"),
     "color_jitter": (0.4, "float", "colour jitter strength (None or 0 disables)"),
-    "interpolation": ("bicubic", "str", "resize interpolation"),
+    "interpolation": ("bicubic", "str", "resize interpolation (mindspore.dataset.vision.Inter)", INTERPOLATIONS),
     "auto_augment": (None, "str", "e.g. randaug-m9-mstd0.5-inc1"),
     "re_prob": (0.0, "float", "random erasing probability"),
     "re_scale": ([0.02, 0.33], "list", "random erasing area range"),
@@ -73,7 +79,7 @@ SCHEMA = {
     "drop_rate": (None, "float", "dropout rate (model default when unset)"),
     "drop_path_rate": (None, "float", "stochastic depth rate (model default when unset)"),
     "model_kwargs": ({}, "dict", "other constructor overrides, e.g. {embed_dim: 32, depths: [1, 1]}"),
-    "amp_level": ("auto", "str", "auto (O2 on Ascend, O0 elsewhere), O0, O1, O2, O3"),
+    "amp_level": ("auto", "str", "mixed precision (auto: O2 on Ascend, O0 elsewhere)", ("auto", "O0", "O1", "O2", "O3")),
     # checkpoints
     "ckpt_save_dir": ("./ckpt", "str", "output directory: checkpoints, logs, summary.json, curves PNG"),
     "ckpt_save_interval": (1, "int", "epochs between checkpoints"),
@@ -85,7 +91,8 @@ SCHEMA = {
     "clip_value": (5.0, "float", "gradient norm bound"),
     "gradient_accumulation_steps": (1, "int", "micro-steps per optimizer step"),
     # optimizer
-    "opt": ("adamw", "str", "mindcv optimizer name"),
+    "opt": ("adamw", "str", "mindcv optimizer", ("adamw", "adam", "sgd", "momentum", "nesterov", "lion", "nadam", "adan",
+                                             "rmsprop", "adagrad", "lamb")),
     "momentum": (0.9, "float", "momentum (sgd/momentum) "),
     "beta1": (0.9, "float", "Adam beta1"),
     "beta2": (0.999, "float", "Adam beta2"),
@@ -96,22 +103,26 @@ SCHEMA = {
     "loss_scale": (1.0, "float", "static loss scale, or the initial dynamic one"),
     "dynamic_loss_scale": (None, "bool", "dynamic loss scaling (default: on when AMP is on)"),
     # schedule
-    "scheduler": ("cosine_decay", "str", "mindcv scheduler name"),
+    "scheduler": ("cosine_decay", "str", "cosine: upstream's (timm's cosine over decay_epochs from step 0, the "
+                                         "warm-up replacing its start); the others are mindcv's", ("cosine", "cosine_decay", "warmup_cosine_decay", "one_cycle", "cyclic",
+                                                           "exponential_decay", "polynomial_decay", "step_decay",
+                                                           "multi_step_decay", "constant")),
     "lr": (5e-4, "float", "peak learning rate (per lr_base_batch images when that is set)"),
     "lr_base_batch": (512, "int", "scale lr, min_lr by global batch / this (0: no scaling)"),
     "min_lr": (5e-6, "float", "final learning rate of the cosine"),
     "warmup_epochs": (20, "int", "linear warm-up epochs"),
     "warmup_factor": (0.001, "float", "warm-up starts at lr * warmup_factor (5e-7 for lr 5e-4)"),
-    "decay_epochs": (None, "int", "cosine length (default: epoch_size - warmup_epochs)"),
+    "decay_epochs": (None, "int", "cosine length in epochs; min_lr after it (default: epoch_size for cosine, "
+                                  "epoch_size - warmup_epochs for mindcv's schedulers, which start after the warm-up)"),
     "decay_rate": (0.9, "float", "step/exponential decay rate"),
     "multi_step_decay_milestones": ([30, 60, 90], "list", "multi_step_decay epochs"),
     "lr_epoch_stair": (False, "bool", "update the lr once per epoch"),
     "num_cycles": (1, "int", "cosine cycles"),
     "cycle_decay": (1.0, "float", "cosine cycle decay"),
     # loss
-    "loss": ("CE", "str", "CE or BCE"),
+    "loss": ("CE", "str", "cross-entropy (CE) or binary cross-entropy (BCE)", ("CE", "BCE")),
     "label_smoothing": (0.1, "float", "label smoothing"),
-    "reduction": ("mean", "str", "loss reduction"),
+    "reduction": ("mean", "str", "loss reduction", ("mean", "sum", "none")),
     "aux_factor": (0.0, "float", "auxiliary loss factor"),
     # SLAB
     "prepbn_steps": (None, "int", "PRepBN schedule length in optimizer steps (default: the model's total_step)"),
@@ -122,6 +133,16 @@ SCHEMA = {
 }
 
 _BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def parse_bool(name, value):
+    """A tool flag's bool (``true/false/yes/no/1/0``), or a ConfigError naming ``--name``."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word not in _BOOL_WORDS:
+        raise ConfigError(f"--{name}: expected true or false, got {value!r}")
+    return _BOOL_WORDS[word]
 
 
 class Config(dict):
@@ -145,7 +166,23 @@ def _unknown(key, where):
 
 def _coerce(key, value, where):
     """``value`` checked and converted to the key's kind; strings from the command line are parsed."""
-    default, kind, _ = SCHEMA[key]
+    value = _coerce_kind(key, value, where)
+    choices = choices_of(key)
+    if choices is not None and value is not None and value not in choices:
+        near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"{key} in {where}: {value!r} is not one of {', '.join(map(str, choices))}{hint}")
+    return value
+
+
+def choices_of(key):
+    """The values a key may take, or None when any value of its kind goes."""
+    spec = SCHEMA[key]
+    return spec[3] if len(spec) > 3 else None
+
+
+def _coerce_kind(key, value, where):
+    kind = SCHEMA[key][1]
     if value is None:
         return None
     kinds = kind.split("|")
@@ -199,25 +236,57 @@ def read_yaml(path):
     return data
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def build_parser(prog=None, description=None, extra=None):
+    """The command line of train.py / validate.py: ``--config`` plus one ``--key`` per schema key
+    (``--key-with-dashes`` works too), each listed by ``--help`` with its kind, default and choices.
+
+    Values stay strings here and are checked by :func:`load_config` (kind, choices), so a YAML file
+    and the command line are held to the same rules. Only bool keys may go without a value
+    (``--ema`` means ``--ema true``). ``extra(parser)`` adds a tool's own flags.
+    """
+    p = _Parser(prog=prog, description=description, allow_abbrev=False, usage="%(prog)s [--config FILE] [--key VALUE ...]",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", help="YAML config file; command-line values override its keys")
+    if extra is not None:
+        extra(p)
+    g = p.add_argument_group("config keys", "every key of the YAML schema; command line > YAML file > default")
+    for key, spec in SCHEMA.items():
+        default, kind, text = spec[:3]
+        choices = choices_of(key)
+        info = f"{kind}, default {default!r}" + (f", one of: {', '.join(map(str, choices))}" if choices else "")
+        flags = ["--" + key] + (["--" + key.replace("_", "-")] if "_" in key else [])
+        kw = dict(dest=key, default=argparse.SUPPRESS, help=f"{text} [{info}]".replace("%", "%%"))
+        if kind == "bool":
+            g.add_argument(*flags, nargs="?", const="true", metavar="{true,false}", **kw)
+        else:
+            g.add_argument(*flags, metavar=kind.split("|")[0].upper(), **kw)
+    return p
+
+
+def parse_args(parser, argv):
+    """``parser.parse_args(argv)`` as a dict of the flags given (``config`` included when given);
+    an unknown flag is a ConfigError naming the closest known key."""
+    args, rest = parser.parse_known_args(argv)
+    for arg in rest:
+        if arg.startswith("--"):
+            raise _unknown(arg[2:].split("=", 1)[0].replace("-", "_"), "the command line")
+    if rest:
+        raise ConfigError(f"unexpected argument {rest[0]!r}: flags are --key value")
+    return vars(args)
+
+
 def parse_overrides(argv):
-    """``['--lr', '1e-3', '--ema', 'true', '--x=1']`` -> ``{'lr': '1e-3', 'ema': 'true', 'x': '1'}``."""
-    out, i = {}, 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(f"unexpected argument {arg!r}: overrides are --key value")
-        key = arg[2:].replace("-", "_")
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            value = argv[i + 1]
-            i += 2
-        else:  # a bare flag: --ema means --ema true
-            value = "true"
-            i += 1
-        out[key] = value
-    return out
+    """``['--lr', '1e-3', '--ema', '--x=1']`` -> ``{'lr': '1e-3', 'ema': 'true', 'x': '1'}`` (schema keys
+    and ``config`` only; values are checked by :func:`load_config`)."""
+    got = parse_args(build_parser(), argv)
+    return {k: v for k, v in got.items() if v is not None or k != "config"}
 
 
 def load_config(path=None, overrides=None):
@@ -266,19 +335,11 @@ def validate(cfg):
         raise ConfigError("prepbn_warm and bn_recalibrate_epochs must be >= 0")
     if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epoch_size:
         raise ConfigError(f"warmup_epochs {cfg.warmup_epochs} must be within 0..epoch_size ({cfg.epoch_size})")
-    if cfg.device_target not in ("auto", "CPU", "GPU", "Ascend"):
-        raise ConfigError(f"device_target must be auto, CPU, GPU or Ascend, got {cfg.device_target!r}")
-    if cfg.amp_level not in ("auto", "O0", "O1", "O2", "O3"):
-        raise ConfigError(f"amp_level must be auto, O0, O1, O2 or O3, got {cfg.amp_level!r}")
-    if cfg.dataset.lower() not in ("imagenet", ""):
-        raise ConfigError(f"dataset {cfg.dataset!r} is not supported: use an ImageFolder tree with dataset: imagenet")
     if cfg.pretrained:
         raise ConfigError("pretrained: SLAB weights are not downloaded; convert an official checkpoint with "
                           "convert.py and pass it as ckpt_path")
-    if cfg.image_decoder not in ("pillow", "mindspore"):
-        raise ConfigError(f"image_decoder must be pillow or mindspore, got {cfg.image_decoder!r}")
-    if cfg.mode not in (0, 1):
-        raise ConfigError(f"mode must be 0 (GRAPH_MODE) or 1 (PYNATIVE_MODE), got {cfg.mode}")
+    if cfg.loss_scale is None or cfg.loss_scale < 1:
+        raise ConfigError(f"loss_scale must be >= 1, got {cfg.loss_scale}")
     if cfg.ema and not 0 < cfg.ema_decay < 1:
         raise ConfigError(f"ema_decay must be in (0, 1), got {cfg.ema_decay}")
     for k in ("scale", "ratio", "re_scale", "re_ratio"):
@@ -287,13 +348,27 @@ def validate(cfg):
 
 
 def main(argv=None):
-    """``python -m slab_ms.engine.config CONFIG [--get KEY] [overrides]``: print a value (for the scripts)."""
-    p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("config")
-    p.add_argument("--get", required=True)
-    args, rest = p.parse_known_args(argv)
-    cfg = load_config(args.config, parse_overrides(rest))
-    print(cfg[args.get])
+    """``python -m slab_ms.engine.config CONFIG [--get KEY] [--check-data] [overrides]``: what the launch
+    scripts ask before starting workers (a value; whether the data tree fits the config)."""
+    def extra(p):
+        p.add_argument("config_file", metavar="CONFIG")
+        p.add_argument("--get", metavar="KEY", help="print this key's value")
+        p.add_argument("--check-data", dest="check_data", action="store_true",
+                       help="check the splits' folders and class count (not the image contents)")
+    got = parse_args(build_parser(prog="python -m slab_ms.engine.config", description=main.__doc__,
+                                  extra=extra), argv)
+    path, key, check = got.pop("config_file"), got.pop("get", None), got.pop("check_data", False)
+    got.pop("config", None)
+    cfg = load_config(path, got)
+    if check:
+        from .data import check_image_folder
+        splits = [cfg.train_split] + ([cfg.val_split] if cfg.val_while_train or cfg.bn_recalibrate_epochs else [])
+        for split in splits:
+            check_image_folder(cfg.data_dir, split, cfg.num_classes, -1)
+    if key is not None:
+        if key not in cfg:
+            raise _unknown(key, "--get")
+        print(cfg[key])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""Classify images with an exported MindIR: ``python infer.py --model_file X.mindir --images PATH``.
+
+PATH is an image file or a folder (searched recursively). Runs the MindIR with MindSpore
+Lite's Python API (``mindspore_lite``: Context, Model.build_from_file, predict; ``--device``
+cpu, gpu or ascend) when it is installed, else with MindSpore's own MindIR runtime
+(``nn.GraphCell``), and says which. Preprocessing is validate.py's evaluation transform with
+the values recorded by export.py next to the model (``X.mindir.json``), or from ``--config``.
+Prints the top-5 classes with probabilities per image, then one JSON line.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from .. import errors
+from . import report
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="infer.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_file", required=True, help="a .mindir from export.py")
+    p.add_argument("--images", required=True, help="an image or a folder of images")
+    p.add_argument("--config", help="training config for the preprocessing and class names")
+    p.add_argument("--device", choices=["cpu", "gpu", "ascend"], default="cpu")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--quiet", action="store_true", help="only the JSON line, no line per image")
+    args = p.parse_args(argv)
+    from ..deploy import classify, list_images, load_meta, make_runner
+    try:
+        if not os.path.isfile(args.model_file):
+            raise errors.ConfigError(f"--model_file {args.model_file}: no such file")
+        meta = load_meta(args.model_file, args.config)
+        paths = list_images(args.images)
+        runner, why = make_runner(args.model_file, args.device)
+        print(f"runtime: {runner.name} ({args.device})" + (f"; {why}" if why else ""))
+        results = []
+        for r in classify(runner, paths, meta, args.batch_size, args.top):
+            results.append(r)
+            if not args.quiet:
+                print(f"{r['image']}: " + ", ".join(f"{lab} {100 * pr:.1f}%" for lab, pr in r["top"]))
+    except (errors.SlabError, RuntimeError, ValueError) as e:
+        report(e)
+        return 1
+    summary = {"runtime": runner.name, "device": args.device, "images": len(results)}
+    classes = meta.get("classes")
+    folders = [os.path.basename(os.path.dirname(r["image"])) for r in results]
+    if classes and all(f in classes for f in folders):   # images sorted into class folders: score them
+        summary["folder_top1"] = float(np.mean([r["top"][0][0] == f for r, f in zip(results, folders)]))
+    summary.update(top1=[r["top"][0][0] for r in results], top1_prob=[r["top"][0][1] for r in results])
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Evaluate a checkpoint on the validation split: ``python validate.py --config configs/X.yaml --ckpt_path Y.ckpt``.
+
+Accepts a model checkpoint or a training checkpoint (``--use_ema`` evaluates its EMA weights).
+Any config key may be overridden (``--data_dir``, ``--batch_size``, ...). Preprocessing is the
+evaluation transform of train.py (resize to image_resize / crop_pct, centre crop, normalise).
+Image files that cannot be decoded are skipped and counted, never replaced by another image.
+Prints one JSON line with top1 and top5 as fractions of the images evaluated.
+"""
+import json
+import sys
+
+from .. import errors
+from . import report
+
+
+def _extra(p):
+    p.add_argument("--use_ema", "--use-ema", dest="use_ema", nargs="?", const="true", default="false",
+                   metavar="{true,false}", help="evaluate the EMA weights of a training checkpoint")
+    p.add_argument("--split", help="sub-folder to evaluate (default: val_split)")
+
+
+def main(argv=None):
+    from ..engine.config import build_parser, parse_bool, load_config, parse_args
+    try:
+        got = parse_args(build_parser(prog="validate.py", description=__doc__, extra=_extra),
+                         sys.argv[1:] if argv is None else argv)
+        use_ema = parse_bool("use_ema", got.pop("use_ema"))
+        split = got.pop("split", None)
+        cfg = load_config(got.pop("config", None), got)
+        if not cfg.ckpt_path:
+            raise errors.ConfigError("--ckpt_path is required")
+        from ..engine.trainer import validate_checkpoint
+        result = validate_checkpoint(cfg, split=split, use_ema=use_ema)
+    except errors.SlabError as e:
+        return report(e)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Parity of a converted checkpoint: the PyTorch reference (``torch_ref``, needs torch) on the
+.pth against MindSpore (GRAPH_MODE) on the .ckpt, eval mode, one random batch."""
+import numpy as np
+
+from ..checkpoint import load_checkpoint
+from ..errors import CheckpointError
+from ..models.registry import create_model
+from .torch_io import extract_state_dict, read_torch_checkpoint
+
+
+def verify_conversion(model, overrides, torch_path, ms_path, key=None, seed=0):
+    """``(max|diff|, relative diff)`` of the two models' logits on 2 random images."""
+    import mindspore as ms
+    try:
+        import torch
+        import torch_ref
+    except ImportError as e:
+        raise CheckpointError(f"--verify needs torch and the torch_ref package ({e})") from None
+    sd, _ = extract_state_dict(read_torch_checkpoint(torch_path), key=key, path=torch_path)
+    ref = torch_ref.create_model(model, **overrides)
+    ref.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in sd.items()}, strict=True)
+    ref.eval()
+    net = create_model(model, **overrides)
+    load_checkpoint(net, ms_path)
+    net.set_train(False)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    size = overrides.get("img_size", 224)
+    x = np.random.default_rng(seed).standard_normal((2, overrides.get("in_chans", 3), size, size)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    got = net(ms.Tensor(x)).asnumpy()
+    diff = float(np.abs(got - expected).max())
+    return diff, diff / max(1.0, float(np.abs(expected).max()))
