@@ -97,10 +97,10 @@ def torch_forward(model):
 
 def ms_train_step(name, batch, size, repeats):
     from mindspore import nn
-    from slab_ms.engine.train_step import LossScale, NetWithLoss, Stepper
+    from slab_ms.engine.train_step import NetWithLoss, Stepper, make_loss_scaler
     net = slab_ms.create_model(name, img_size=size)
     opt = nn.AdamWeightDecay(net.trainable_params(), learning_rate=1e-4, weight_decay=0.05)
-    stepper = Stepper(NetWithLoss(net, nn.CrossEntropyLoss()), opt, loss_scale=LossScale(1.0), clip_value=5.0,
+    stepper = Stepper(NetWithLoss(net, nn.CrossEntropyLoss()), opt, loss_scale=make_loss_scaler(1.0), clip_value=5.0,
                       network=net)
     x = ms.Tensor(np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32))
     y = ms.Tensor(np.arange(batch, dtype=np.int32) % 10)

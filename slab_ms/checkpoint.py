@@ -6,7 +6,7 @@ import tempfile
 import numpy as np
 import mindspore as ms
 
-from .convert.torch_io import CheckpointError
+from .errors import CheckpointError
 
 
 def read_ms_checkpoint(path):
@@ -83,3 +83,20 @@ def load_checkpoint(net, path, use_ema=False):
     strictly, PRepBN counters included; ``use_ema`` loads a training checkpoint's EMA weights."""
     load_param_dict(net, model_params(read_ms_checkpoint(path), use_ema), what=path)
     return net
+
+
+def load_pretrained(net, params, what="checkpoint", classifier="head"):
+    """Start a fine-tuning run from ``params`` (a model's ``{name: array}``), as timm and mindcv do:
+    the classifier (parameters under ``classifier.``) is left freshly initialised when its shape
+    differs from the checkpoint's (another ``num_classes``); everything else loads strictly, every
+    problem named. Returns the names left at their initial values."""
+    prefix = classifier + "."
+    own = dict(net.parameters_and_names())
+    reinit = [k for k in own if k.startswith(prefix) and k in params
+              and tuple(np.shape(params[k])) != tuple(own[k].shape)]
+    if reinit:
+        params = dict(params)
+        for k in reinit:
+            params[k] = own[k].asnumpy()
+    load_param_dict(net, params, what=what)
+    return reinit

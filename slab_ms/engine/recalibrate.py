@@ -11,15 +11,7 @@ from mindspore import nn
 from ..layers.common import DropPath
 from ..layers.prepbn import TokenBatchNorm
 from .schedule import prepbn_cells
-
-
-class _Forward(nn.Cell):
-    def __init__(self, net):
-        super().__init__(auto_prefix=False)
-        self.net = net
-
-    def construct(self, x):
-        return self.net(x)
+from .train_step import Logits
 
 
 def recalibrate_bn(net, batches):
@@ -35,7 +27,7 @@ def recalibrate_bn(net, batches):
         return 0
     saved = [(c.momentum, int(c.num_batches_tracked.asnumpy())) for c in bns]
     sums = [[np.zeros(c.num_features, np.float64), np.zeros(c.num_features, np.float64)] for c in bns]
-    runner = _Forward(net)
+    runner = Logits(net)
     net.set_train(True)
     for _, c in net.cells_and_names():   # eval behaviour everywhere but the statistics
         if isinstance(c, (DropPath, nn.Dropout)):

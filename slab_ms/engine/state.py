@@ -14,7 +14,7 @@ import numpy as np
 import mindspore as ms
 
 from ..checkpoint import load_param_dict, model_params, read_ms_checkpoint, save_ms_checkpoint
-from ..convert.torch_io import CheckpointError
+from ..errors import CheckpointError
 
 META_KEYS = ("epoch", "step", "world_size", "best_top1", "best_epoch", "prepbn_steps", "prepbn_warm",
              "accumulation")
@@ -31,8 +31,10 @@ def collect_state(net, optimizer, stepper, meta):
         state["opt." + p.name] = p.asnumpy()
     for name, value in stepper.ema_state().items():
         state["ema." + name] = value
-    state["scaler.scale"] = stepper.loss_scale.scale.asnumpy()
-    state["scaler.good_steps"] = stepper.loss_scale.good_steps.asnumpy()
+    scaler = stepper.loss_scale
+    state["scaler.scale"] = scaler.scale_value.asnumpy()
+    counter = getattr(scaler, "counter", None)   # finite steps since the last change (dynamic only)
+    state["scaler.good_steps"] = counter.asnumpy() if counter is not None else np.asarray(0, np.int32)
     for k in META_KEYS:
         v = meta.get(k)
         state["meta." + k] = np.asarray(-1 if v is None else v, np.float64 if k == "best_top1" else np.int64)
@@ -65,8 +67,11 @@ def restore_state(path, net, optimizer, stepper):
     if stepper.ema_pairs and not ema:
         raise CheckpointError(f"{path}: the run uses EMA but the checkpoint has no EMA weights")
     stepper.load_ema_state(ema)
-    stepper.loss_scale.scale.set_data(ms.Tensor(params["scaler.scale"], ms.float32))
-    stepper.loss_scale.good_steps.set_data(ms.Tensor(params["scaler.good_steps"], ms.int32))
+    scaler = stepper.loss_scale
+    if "scaler.scale" in params:
+        scaler.scale_value.set_data(ms.Tensor(params["scaler.scale"], ms.float32))
+    if "scaler.good_steps" in params and getattr(scaler, "counter", None) is not None:
+        scaler.counter.set_data(ms.Tensor(params["scaler.good_steps"], ms.int32))
     meta = {k: params["meta." + k].item() for k in META_KEYS if "meta." + k in params}
     return {k: (None if v == -1 else v) for k, v in meta.items()}
 

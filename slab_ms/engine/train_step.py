@@ -7,13 +7,14 @@ forward; mindcv's EMA also averages every parameter, the integer counters includ
 loss and the gradients come from one ``value_and_grad`` call and the EMA covers float
 parameters only (the counters are copied, never averaged).
 """
+import numpy as np
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 _ema_op = ops.MultitypeFuncGraph("slab_ema")
 _add_op = ops.MultitypeFuncGraph("slab_accumulate")
 _zero_op = ops.MultitypeFuncGraph("slab_zero")
-_mean_op = ops.MultitypeFuncGraph("slab_allreduce_mean")
+_reduce_op = ops.MultitypeFuncGraph("slab_allreduce_scaled")
 
 
 @_ema_op.register("Tensor", "Tensor", "Tensor")
@@ -57,26 +58,24 @@ def ema_source_params(net):
     return [p for p in net.get_parameters() if p.dtype in (ms.float32, ms.float16, ms.bfloat16)]
 
 
-class LossScale(nn.Cell):
-    """Static or dynamic loss scale (dynamic: halve on overflow, double after ``window`` good steps)."""
+def make_loss_scaler(init_scale=1.0, dynamic=False, factor=2, window=1000):
+    """MindSpore's own loss scaler: ``amp.DynamicLossScaler`` (halve on overflow, grow by ``factor``
+    after ``window`` finite steps, never below 1) or ``amp.StaticLossScaler``. Its ``scale_value``
+    (and the dynamic one's ``counter``) are saved in training checkpoints."""
+    if dynamic:
+        return ms.amp.DynamicLossScaler(float(init_scale), int(factor), int(window))
+    return ms.amp.StaticLossScaler(float(init_scale))
 
-    def __init__(self, init_scale=1.0, dynamic=False, factor=2.0, window=1000):
-        super().__init__()
-        self.dynamic = dynamic
-        self.factor = factor
-        self.window = window
-        self.scale = Parameter(Tensor(float(init_scale), ms.float32), name="loss_scale", requires_grad=False)
-        self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps", requires_grad=False)
 
-    def adjust(self, finite):
-        grow = self.good_steps + 1 >= self.window
-        up = ops.select(grow, self.scale * self.factor, self.scale)
-        down = ops.maximum(self.scale / self.factor, ops.ones_like(self.scale))
-        new_scale = ops.select(finite, up, down)
-        new_good = ops.select(ops.logical_and(finite, ops.logical_not(grow)), self.good_steps + 1,
-                              ops.zeros_like(self.good_steps))
-        ops.assign(self.good_steps, new_good)
-        return ops.assign(self.scale, new_scale)
+class Logits(nn.Cell):
+    """``net(x)`` as float32: the forward that evaluation and BN recalibration compile once."""
+
+    def __init__(self, net):
+        super().__init__(auto_prefix=False)
+        self.net = net
+
+    def construct(self, x):
+        return self.net(x).astype(ms.float32)
 
 
 class _UpdateBase(nn.Cell):
@@ -91,7 +90,7 @@ class _UpdateBase(nn.Cell):
         self.use_reducer = grad_reducer is not None
         self.clip = clip_value is not None and clip_value > 0
         self.clip_value = float(clip_value or 0.0)
-        self.check_overflow = loss_scale.dynamic
+        self.check_overflow = isinstance(loss_scale, ms.amp.DynamicLossScaler)
         self.hyper_map = ops.HyperMap()
         self.use_ema = ema is not None
         if self.use_ema:
@@ -101,8 +100,7 @@ class _UpdateBase(nn.Cell):
     def _update(self, grads):
         if self.use_reducer:
             grads = self.reducer(grads)
-        inv = 1.0 / self.loss_scale.scale
-        grads = self.hyper_map(ops.partial(ops.mul, inv), grads)
+        grads = self.loss_scale.unscale(grads)
         finite = Tensor(True)
         if self.check_overflow:
             finite = ms.amp.all_finite(grads)
@@ -131,7 +129,7 @@ class TrainStep(_UpdateBase):
         self.grad_fn = ops.value_and_grad(self.scaled_loss, None, self.weights)
 
     def construct(self, x, y):
-        scale = self.loss_scale.scale
+        scale = self.loss_scale.scale_value
         loss, grads = self.grad_fn(x, y, scale)
         finite = self._update(grads)
         return loss / scale, finite
@@ -150,7 +148,7 @@ class AccumulateStep(nn.Cell):
         self.hyper_map = ops.HyperMap()
 
     def construct(self, x, y):
-        scale = self.loss_scale.scale
+        scale = self.loss_scale.scale_value
         loss, grads = self.grad_fn(x, y, scale)
         loss = ops.depend(loss, self.hyper_map(_add_op, self.accum, grads))
         return loss / scale
@@ -170,23 +168,37 @@ class ApplyAccumulated(_UpdateBase):
         return ops.depend(finite, self.hyper_map(_zero_op, self.accum))
 
 
-class AllReduceMean(nn.Cell):
-    """Average parameters over the data-parallel group in place (BN running statistics, their EMA)."""
+class AllReduceParams(nn.Cell):
+    """Replace parameters in place by their sum over the data-parallel group times ``scale``
+    (``1 / world``: the mean, for BN running statistics and their EMA)."""
 
-    def __init__(self, params, world):
+    def __init__(self, params, scale=1.0):
         super().__init__(auto_prefix=False)
         self.params = ParameterTuple(params)
         self.allreduce = ops.AllReduce()
-        self.inv_world = 1.0 / world
+        self.scale = float(scale)
         self.hyper_map = ops.HyperMap()
 
     def construct(self):
-        return self.hyper_map(ops.partial(_mean_op, self.allreduce, self.inv_world), self.params)
+        return self.hyper_map(ops.partial(_reduce_op, self.allreduce, self.scale), self.params)
 
 
-@_mean_op.register("Function", "Number", "Tensor")
-def _allreduce_mean(allreduce, inv_world, param):
-    return ops.assign(param, allreduce(param) * inv_world)
+@_reduce_op.register("Function", "Number", "Tensor")
+def _allreduce_scaled(allreduce, scale, param):
+    return ops.assign(param, allreduce(param) * scale)
+
+
+class SumOverRanks:
+    """Sum a small float vector over the data-parallel group (one compiled graph, reused)."""
+
+    def __init__(self, size):
+        self.buffer = Parameter(Tensor(np.zeros(size, np.float32)), name="sum_over_ranks", requires_grad=False)
+        self.cell = AllReduceParams([self.buffer])
+
+    def __call__(self, values):
+        self.buffer.set_data(Tensor(np.asarray(values, np.float32)))
+        self.cell()
+        return self.buffer.asnumpy()
 
 
 class Stepper:
@@ -199,7 +211,7 @@ class Stepper:
     def __init__(self, net_with_loss, optimizer, accumulation=1, loss_scale=None, grad_reducer=None,
                  clip_value=None, ema_decay=None, network=None):
         self.accumulation = accumulation
-        self.loss_scale = loss_scale or LossScale()
+        self.loss_scale = loss_scale or make_loss_scaler()
         self.ema_pairs = []
         ema = None
         if ema_decay is not None:

@@ -10,26 +10,22 @@ import time
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, nn
 from mindcv.loss import create_loss
 from mindcv.optim import create_optimizer
 from mindcv.scheduler import create_scheduler
 
-from ..checkpoint import load_param_dict, model_params, read_ms_checkpoint
+from ..checkpoint import load_checkpoint, load_pretrained, model_params, read_ms_checkpoint
+from ..errors import ConfigError, TrainingError
 from ..layers.prepbn import PRepBN, RepBN, TokenBatchNorm
 from ..models.registry import create_model, is_model
 from . import data as data_lib
 from . import report, state
-from .config import ConfigError
 from .recalibrate import recalibrate_bn
-from .schedule import apply_schedule, current_lambda, plan_schedule
-from .train_step import AllReduceMean, LossScale, NetWithLoss, Stepper
+from .schedule import apply_schedule, current_lambda, plan_schedule, prepbn_cells
+from .train_step import AllReduceParams, Logits, NetWithLoss, Stepper, SumOverRanks, make_loss_scaler
 
 logger = logging.getLogger("slab_ms.train")
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (diverged loss, unusable resume state); the message is for the user."""
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -87,9 +83,31 @@ def apply_amp(net, level):
     return net
 
 
+def upstream_cosine(total_steps, warmup_steps, cosine_steps, lr, min_lr, warmup_lr):
+    """Upstream's schedule (SLAB ``lr_scheduler.py``: timm ``CosineLRScheduler(t_initial=cosine_steps,
+    lr_min, warmup_lr_init, warmup_t=warmup_steps, cycle_limit=1, t_in_epochs=False)``), per step:
+    linear warm-up from ``warmup_lr``, a cosine from ``lr`` to ``min_lr`` over ``cosine_steps``
+    counted from step 0 (the warm-up replaces its start), then ``min_lr``."""
+    out = []
+    for t in range(total_steps):
+        if t < warmup_steps:
+            out.append(warmup_lr + t * (lr - warmup_lr) / warmup_steps)
+        elif t < cosine_steps:
+            out.append(min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * t / cosine_steps)))
+        else:
+            out.append(min_lr)
+    return out
+
+
 def learning_rates(cfg, steps_per_epoch, global_batch):
-    """Per-optimizer-step learning rates (mindcv scheduler), linearly scaled by the global batch."""
+    """Per-optimizer-step learning rates, linearly scaled by the global batch (base, warm-up start and
+    minimum alike): upstream's cosine for ``scheduler: cosine``, else mindcv's scheduler."""
     scale = global_batch / cfg.lr_base_batch if cfg.lr_base_batch else 1.0
+    if cfg.scheduler == "cosine":
+        cosine = cfg.decay_epochs if cfg.decay_epochs is not None else cfg.epoch_size
+        return upstream_cosine(cfg.epoch_size * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch,
+                               cosine * steps_per_epoch, cfg.lr * scale, cfg.min_lr * scale,
+                               cfg.lr * cfg.warmup_factor * scale)
     decay = cfg.decay_epochs if cfg.decay_epochs is not None else cfg.epoch_size - cfg.warmup_epochs
     lrs = create_scheduler(steps_per_epoch, scheduler=cfg.scheduler, lr=cfg.lr * scale, min_lr=cfg.min_lr * scale,
                            warmup_epochs=cfg.warmup_epochs, warmup_factor=cfg.warmup_factor, decay_epochs=decay,
@@ -112,40 +130,24 @@ def build_optimizer(cfg, net, lrs):
     return opt
 
 
-class _Logits(nn.Cell):
-    def __init__(self, net):
-        super().__init__(auto_prefix=False)
-        self.net = net
-
-    def construct(self, x):
-        return self.net(x).astype(ms.float32)
-
-
-class _SumOverRanks(nn.Cell):
-    def __init__(self):
-        super().__init__()
-        self.allreduce = ops.AllReduce()
-
-    def construct(self, x):
-        return self.allreduce(x)
-
-
-def evaluate(net, loader, world=1, forward=None):
-    """``(top1, top5, n)`` with top-k as fractions; counts are summed over ranks when world > 1.
-    Pass the same ``forward`` (``_Logits(net)``) on every call to compile the eval graph once."""
+def evaluate(net, loader, world=1, forward=None, reducer=None):
+    """``(top1, top5, n)`` with top-k as fractions over the ``n`` images evaluated (undecodable files
+    are skipped, never replaced). Counts are summed over ranks when world > 1 (pass the run's
+    ``reducer``, a :class:`SumOverRanks`, to reuse its graph). Pass the same ``forward``
+    (``Logits(net)``) on every call to compile the eval graph once."""
     net.set_train(False)
-    forward = forward or _Logits(net)
+    forward = forward or Logits(net)
     counts = np.zeros(3, np.float32)
-    for x, y in loader.create_tuple_iterator(num_epochs=1):
+    for x, y in data_lib.eval_batches(loader):
         logits = forward(x).asnumpy()
         labels = y.asnumpy().reshape(-1)
         top = np.argsort(-logits, axis=1)[:, :5]
         counts += (float((top[:, 0] == labels).sum()), float((top == labels[:, None]).any(axis=1).sum()),
                    float(len(labels)))
     if world > 1:
-        counts = _SumOverRanks()(Tensor(counts)).asnumpy()
+        counts = (reducer or SumOverRanks(3))(counts)
     if counts[2] == 0:
-        raise ConfigError("the validation split holds no images")
+        raise ConfigError("the validation split holds no decodable images")
     return float(counts[0] / counts[2]), float(counts[1] / counts[2]), int(counts[2])
 
 
@@ -165,170 +167,302 @@ def setup_logging(out_dir, rank):
 
 # ----------------------------------------------------------------------------- the run
 def train(cfg):
-    """Run the configured training; returns the summary dict (also written to summary.json)."""
-    rank, world, target = setup_context(cfg)
-    out = cfg.ckpt_save_dir
-    os.makedirs(out, exist_ok=True)
-    setup_logging(out, rank)
-    splits = [cfg.train_split] + ([cfg.val_split] if cfg.val_while_train or cfg.bn_recalibrate_epochs else [])
-    decoders, classes = {}, None   # per split: records the image files that cannot be used
-    for split in splits:
-        found, decoders[split] = data_lib.check_image_folder(cfg.data_dir, split, cfg.num_classes,
-                                                             cfg.max_bad_images)
-        classes = classes or found   # the training split's
-    _report_bad_images(cfg, decoders)
+    """Run the configured training; returns the summary dict (also written to summary.json) on
+    rank 0, None on the other ranks."""
+    return Run(cfg).fit()
 
-    net = build_model(cfg)
-    amp = amp_level_for(cfg, target)
-    apply_amp(net, amp)
-    k = cfg.gradient_accumulation_steps
-    # ImageNet listing is slow: this loader is reused for epoch 0
-    first_loader = data_lib.train_loader(cfg, rank, world, epoch=0, decoder=decoders[cfg.train_split])
-    batches = first_loader.get_dataset_size()
-    steps_per_epoch = batches // k
-    if steps_per_epoch == 0:
-        raise ConfigError(f"an epoch has {batches} batches of {cfg.batch_size} per device, fewer than "
-                          f"gradient_accumulation_steps ({k}): no optimizer step would run")
-    total_steps = steps_per_epoch * cfg.epoch_size
-    global_batch = cfg.batch_size * world * k
-    lrs = learning_rates(cfg, steps_per_epoch, global_batch)
-    schedule = plan_schedule(cfg, net, total_steps)
-    optimizer = build_optimizer(cfg, net, lrs)
-    loss_fn = create_loss(name=cfg.loss, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction,
-                          aux_factor=cfg.aux_factor)
-    dynamic = cfg.dynamic_loss_scale if cfg.dynamic_loss_scale is not None else amp != "O0"
-    reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=world) if world > 1 else None
-    stepper = Stepper(NetWithLoss(net, loss_fn), optimizer, accumulation=k,
-                      loss_scale=LossScale(cfg.loss_scale, dynamic=dynamic), grad_reducer=reducer,
-                      clip_value=cfg.clip_value if cfg.clip_grad else None,
-                      ema_decay=cfg.ema_decay if cfg.ema else None, network=net)
-    sync = None
-    if world > 1:   # BN running statistics (and their EMA) are per-rank; average them before use
-        bn_stats = [p for p in net.get_parameters() if p.name.endswith(("moving_mean", "moving_variance"))]
-        ema_stats = [a for p, a in stepper.ema_pairs if p.name.endswith(("moving_mean", "moving_variance"))]
-        sync = AllReduceMean(bn_stats + ema_stats, world) if bn_stats else None
 
-    meta = {"epoch": 0, "step": 0, "world_size": world, "best_top1": None, "best_epoch": None,
-            "prepbn_steps": schedule[0] if schedule else None, "prepbn_warm": schedule[1] if schedule else None,
-            "accumulation": k}
-    resumed_from = _start_state(cfg, net, optimizer, stepper, meta, schedule, k)
-    start_epoch, step = meta["epoch"], meta["step"]
-    if step != start_epoch * steps_per_epoch:
-        raise TrainingError(f"the checkpoint is at optimizer step {step} after {start_epoch} epochs, but this run "
-                            f"has {steps_per_epoch} steps per epoch (different data, batch size or world size)")
-    history = report.read_history(os.path.join(out, "history.json"), start_epoch) if resumed_from else \
-        {"epochs": [], "steps": []}
+class Run:
+    """One training run. Reading order: ``__init__`` builds (context, data, model, optimizer, train
+    step), :meth:`start` resumes or initialises, :meth:`train_epoch` and :meth:`end_epoch` make
+    one epoch, :meth:`finish` recalibrates and writes the summary. :meth:`fit` chains them."""
 
-    logger.info(f"{cfg.model}: {sum(p.size for p in net.trainable_params()) / 1e6:.2f} M parameters, "
-                f"{len(classes)} classes, device {target}, amp {amp}, world {world}, global batch {global_batch}")
-    logger.info(f"{cfg.epoch_size} epochs x {steps_per_epoch} optimizer steps = {total_steps}; lr peak "
-                f"{max(lrs):.3g}; PRepBN " + (f"{schedule[1]} warm + {schedule[0]} steps" if schedule else "none")
-                + (f"; resumed from {resumed_from} at epoch {start_epoch}, step {step}" if resumed_from else ""))
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.rank, self.world, self.target = setup_context(cfg)
+        self.out = cfg.ckpt_save_dir
+        os.makedirs(self.out, exist_ok=True)
+        setup_logging(self.out, self.rank)
+        self._check_data()
+        self._build()
 
-    ips_window = []
-    eval_forward = _Logits(net)
-    val_loader = data_lib.eval_loader(cfg, rank=rank, world=world, decoder=decoders.get(cfg.val_split)) \
-        if cfg.val_while_train or cfg.bn_recalibrate_epochs else None   # built once, iterated per validation
-    for epoch in range(start_epoch, cfg.epoch_size):
-        loader = first_loader if epoch == 0 else \
-            data_lib.train_loader(cfg, rank, world, epoch=epoch, decoder=decoders[cfg.train_split])
-        net.set_train(True)
-        bar = _progress(rank, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epoch_size}")
+    # --------------------------------------------------------------------- building
+    def _check_data(self):
+        cfg = self.cfg
+        self.needs_val = bool(cfg.val_while_train or cfg.bn_recalibrate_epochs)
+        splits = [cfg.train_split] + ([cfg.val_split] if self.needs_val else [])
+        self.decoders, self.classes = {}, None   # per split: records the image files that cannot be used
+        for split in splits:
+            found, self.decoders[split] = data_lib.check_image_folder(
+                cfg.data_dir, split, cfg.num_classes, cfg.max_bad_images, rank=self.rank, world=self.world)
+            self.classes = self.classes or found   # the training split's
+        _report_bad_images(cfg, self.decoders)
+
+    def _build(self):
+        cfg, world = self.cfg, self.world
+        self.net = net = build_model(cfg)
+        self.amp = amp_level_for(cfg, self.target)
+        apply_amp(net, self.amp)
+        self.k = k = cfg.gradient_accumulation_steps
+        # ImageNet listing is slow: this loader is reused for epoch 0
+        self.first_loader = self.train_loader(0)
+        batches = self.first_loader.get_dataset_size()
+        self.steps_per_epoch = batches // k
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"an epoch has {batches} batches of {cfg.batch_size} per device, fewer than "
+                              f"gradient_accumulation_steps ({k}): no optimizer step would run")
+        self.total_steps = self.steps_per_epoch * cfg.epoch_size
+        self.global_batch = cfg.batch_size * world * k
+        self.lrs = learning_rates(cfg, self.steps_per_epoch, self.global_batch)
+        self.has_prepbn = bool(prepbn_cells(net))
+        explicit = cfg.prepbn_steps is not None or cfg.prepbn_fraction is not None
+        # fine-tuning (ckpt_path) without a schedule in the config keeps the checkpoint's counters
+        self.inherit_schedule = bool(cfg.ckpt_path) and not explicit and self.has_prepbn
+        self.schedule = None if self.inherit_schedule else plan_schedule(cfg, net, self.total_steps)
+        self.optimizer = build_optimizer(cfg, net, self.lrs)
+        loss_fn = create_loss(name=cfg.loss, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction,
+                              aux_factor=cfg.aux_factor)
+        dynamic = cfg.dynamic_loss_scale if cfg.dynamic_loss_scale is not None else self.amp != "O0"
+        reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=world) \
+            if world > 1 else None
+        self.stepper = Stepper(NetWithLoss(net, loss_fn), self.optimizer, accumulation=k,
+                               loss_scale=make_loss_scaler(cfg.loss_scale, dynamic=dynamic), grad_reducer=reducer,
+                               clip_value=cfg.clip_value if cfg.clip_grad else None,
+                               ema_decay=cfg.ema_decay if cfg.ema else None, network=net)
+        self.sync = self.rank_sum = None
+        if world > 1:   # BN running statistics (and their EMA) are per-rank; average them before use
+            bn_stats = [p for p in net.get_parameters() if p.name.endswith(("moving_mean", "moving_variance"))]
+            ema_stats = [a for p, a in self.stepper.ema_pairs
+                         if p.name.endswith(("moving_mean", "moving_variance"))]
+            self.sync = AllReduceParams(bn_stats + ema_stats, 1.0 / world) if bn_stats else None
+            self.rank_sum = SumOverRanks(3)
+        self.eval_forward = Logits(net)
+        self.val_loader = data_lib.eval_loader(cfg, rank=self.rank, world=world,
+                                               decoder=self.decoders.get(cfg.val_split)) if self.needs_val else None
+
+    def train_loader(self, epoch, **kw):
+        return data_lib.train_loader(self.cfg, self.rank, self.world, epoch=epoch,
+                                     decoder=self.decoders[self.cfg.train_split], **kw)
+
+    # --------------------------------------------------------------------- resume or start
+    def start(self):
+        """Resume (``resume``), start from weights (``ckpt_path``) or start fresh. Fills ``meta``
+        and ``history``; returns the checkpoint resumed from, or None."""
+        cfg = self.cfg
+        self.meta = {"epoch": 0, "step": 0, "world_size": self.world, "best_top1": None, "best_epoch": None,
+                     "prepbn_steps": self.schedule[0] if self.schedule else None,
+                     "prepbn_warm": self.schedule[1] if self.schedule else None, "accumulation": self.k}
+        resumed = self._resume() if cfg.resume else None
+        if resumed is None:
+            if cfg.ckpt_path:
+                self._load_pretrained()
+            if self.schedule is not None:
+                apply_schedule(self.net, self.schedule[0], self.schedule[1], self.k)
+            self.stepper.reset_ema()   # the average starts from the weights the run starts from
+        start_epoch, step = self.meta["epoch"], self.meta["step"]
+        if step != start_epoch * self.steps_per_epoch:
+            raise TrainingError(f"the checkpoint is at optimizer step {step} after {start_epoch} epochs, but this "
+                                f"run has {self.steps_per_epoch} steps per epoch (different data, batch size or "
+                                "world size)")
+        self.history = report.read_history(os.path.join(self.out, "history.json"), start_epoch) if resumed else \
+            {"epochs": [], "steps": []}
+        self.resumed_from = resumed
+        return resumed
+
+    def _resume(self):
+        cfg = self.cfg
+
+        def load(path):
+            return state.restore_state(path, self.net, self.optimizer, self.stepper)
+        if cfg.resume == "auto":
+            path, got = state.newest_loadable(cfg.ckpt_save_dir, cfg.model, load)
+        else:
+            path, got = cfg.resume, load(cfg.resume)
+        if path is None:
+            return None
+        for key in ("world_size", "accumulation", "prepbn_steps", "prepbn_warm"):
+            if got.get(key) != self.meta[key]:
+                raise TrainingError(f"cannot resume {path}: it was trained with {key} {got.get(key)}, this run "
+                                    f"has {self.meta[key]} (the schedules would not line up)")
+        self.meta.update(got)
+        return path
+
+    def _load_pretrained(self):
+        """Weights from ``ckpt_path``; a classifier of another shape is re-initialised (fine-tuning).
+        Without a schedule in the config, the PRepBN counters come from the checkpoint: a finished
+        schedule stays finished (pure RepBN); one still running must end within this run."""
+        cfg = self.cfg
+        reinit = load_pretrained(self.net, model_params(read_ms_checkpoint(cfg.ckpt_path)), what=cfg.ckpt_path)
+        if reinit:
+            logger.info(f"fine-tuning from {cfg.ckpt_path}: re-initialised {', '.join(reinit)} (the checkpoint's "
+                        f"classifier has another shape); every other parameter loaded")
+        if self.inherit_schedule:
+            left = max(int(c.warm.asnumpy()) + int(c.iter.asnumpy()) for c in prepbn_cells(self.net))
+            if left > self.total_steps * self.k:
+                raise ConfigError(f"the PRepBN schedule of {cfg.ckpt_path} has {left} training forwards to go, "
+                                  f"more than this run's {self.total_steps * self.k}; set prepbn_steps or "
+                                  "prepbn_fraction to restart it")
+            logger.info(f"PRepBN schedule kept from {cfg.ckpt_path}: lambda {current_lambda(self.net):.4f}"
+                        + (" (finished: RepBN only)" if left == 0 else f", {left} forwards to go"))
+
+    # --------------------------------------------------------------------- one epoch
+    def train_epoch(self, epoch):
+        """The optimizer steps of one epoch; returns the epoch's history record (no validation yet)."""
+        cfg, k, world = self.cfg, self.k, self.world
+        loader = self.first_loader if epoch == 0 else self.train_loader(epoch)
+        self.net.set_train(True)
+        bar = _progress(self.rank, self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epoch_size}")
         seen, t0, losses = 0, None, []
-        for i, (x, y) in enumerate(loader.create_tuple_iterator(num_epochs=1)):
-            if i >= steps_per_epoch * k:
+        for i, (x, y) in enumerate(data_lib.train_batches(loader)):
+            if i >= self.steps_per_epoch * k:
                 break
-            loss, applied, finite = stepper.step(x, y)
+            loss, applied, finite = self.stepper.step(x, y)
             if not math.isfinite(loss):
-                raise TrainingError(f"loss became {loss} at epoch {epoch + 1}, optimizer step {step + 1}; stopping. "
-                                    f"The last good checkpoint is kept in {out}")
+                raise TrainingError(f"loss became {loss} at epoch {epoch + 1}, optimizer step "
+                                    f"{self.meta['step'] + 1}; stopping. The last good checkpoint is kept in "
+                                    f"{self.out}")
             losses.append(loss)
-            decoders[cfg.train_split].check_limit(cfg.max_bad_images, cfg.train_split)
+            self.decoders[cfg.train_split].check_limit(cfg.max_bad_images, cfg.train_split)
             if t0 is None:
                 t0 = time.perf_counter()   # the first step includes graph compilation
             else:
                 seen += x.shape[0] * world
-            if not applied:
-                continue
-            step += 1
-            lam = current_lambda(net) if schedule else None
-            rec = {"step": step, "epoch": epoch + 1, "loss": float(np.mean(losses[-k:])), "lr": lrs[step - 1],
-                   "lambda": lam, "finite": finite}
-            history["steps"].append(rec)
-            ips = seen / (time.perf_counter() - t0) if seen else 0.0
-            if bar is not None:
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
-                                lam="-" if lam is None else f"{lam:.3f}", ips=f"{ips:.1f}")
-                bar.update(1)
-            if step % cfg.log_interval == 0 or step == total_steps:
-                logger.info(f"epoch {epoch + 1} step {step}/{total_steps} loss {rec['loss']:.4f} lr {rec['lr']:.3e} "
-                            f"lambda {'-' if lam is None else f'{lam:.4f}'} {ips:.1f} img/s")
+            if applied:
+                self._log_step(epoch, float(np.mean(losses[-k:])), finite, seen / (time.perf_counter() - t0)
+                               if seen else 0.0, bar)
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0 if t0 else 0.0
-        if seen and elapsed:
-            ips_window.append(seen / elapsed)
-        if sync is not None:
-            sync()
-        ep = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)) if losses else None,
-              "lambda": current_lambda(net) if schedule else None, "images_per_second": ips_window[-1]
-              if ips_window else None, "top1": None, "top5": None}
-        last = epoch + 1 == cfg.epoch_size
-        if cfg.val_while_train and ((epoch + 1) % cfg.val_interval == 0 or last):
-            ep["top1"], ep["top5"], _ = evaluate(net, val_loader, world, eval_forward)
-            if meta["best_top1"] is None or ep["top1"] > meta["best_top1"]:
-                meta["best_top1"], meta["best_epoch"] = ep["top1"], epoch + 1
+        return {"epoch": epoch + 1, "step": self.meta["step"], "loss": float(np.mean(losses)) if losses else None,
+                "lambda": current_lambda(self.net) if self.has_prepbn else None,
+                "images_per_second": seen / elapsed if seen and elapsed else None, "top1": None, "top5": None}
+
+    def _log_step(self, epoch, loss, finite, ips, bar):
+        step = self.meta["step"] = self.meta["step"] + 1
+        lam = current_lambda(self.net) if self.has_prepbn else None
+        rec = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": self.lrs[step - 1], "lambda": lam,
+               "finite": finite}
+        self.history["steps"].append(rec)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", lam="-" if lam is None else f"{lam:.3f}",
+                            ips=f"{ips:.1f}")
+            bar.update(1)
+        if step % self.cfg.log_interval == 0 or step == self.total_steps:
+            logger.info(f"epoch {epoch + 1} step {step}/{self.total_steps} loss {loss:.4f} lr {rec['lr']:.3e} "
+                        f"lambda {'-' if lam is None else f'{lam:.4f}'} {ips:.1f} img/s")
+
+    def evaluate(self):
+        return evaluate(self.net, self.val_loader, self.world, self.eval_forward, self.rank_sum)
+
+    def end_epoch(self, ep):
+        """Synchronise BN statistics, validate, keep the best, checkpoint and log one epoch."""
+        cfg, epoch = self.cfg, ep["epoch"]
+        if self.sync is not None:
+            self.sync()
+        last = epoch == cfg.epoch_size
+        if cfg.val_while_train and (epoch % cfg.val_interval == 0 or last):
+            ep["top1"], ep["top5"], _ = self.evaluate()
+            if self.meta["best_top1"] is None or ep["top1"] > self.meta["best_top1"]:
+                self.meta["best_top1"], self.meta["best_epoch"] = ep["top1"], epoch
                 ep["best"] = True
-        history["epochs"].append(ep)
-        meta.update(epoch=epoch + 1, step=step)
-        if rank == 0 and ((epoch + 1) % cfg.ckpt_save_interval == 0 or last):
-            ckpt = state.collect_state(net, optimizer, stepper, meta)
-            state.save_state(state.epoch_path(out, cfg.model, epoch + 1), ckpt)
+        self.history["epochs"].append(ep)
+        self.meta["epoch"] = epoch
+        if self.rank == 0 and (epoch % cfg.ckpt_save_interval == 0 or last):
+            ckpt = self.training_state()
+            state.save_state(state.epoch_path(self.out, cfg.model, epoch), ckpt)
             if ep.get("best"):
-                state.save_state(os.path.join(out, "best.ckpt"), ckpt)
-            state.prune(out, cfg.model, cfg.keep_checkpoint_max)
-            report.write_json(os.path.join(out, "history.json"), history)
-        logger.info(f"epoch {epoch + 1} done: loss {ep['loss']:.4f}"
+                state.save_state(os.path.join(self.out, "best.ckpt"), ckpt)
+            state.prune(self.out, cfg.model, cfg.keep_checkpoint_max)
+            report.write_json(os.path.join(self.out, "history.json"), self.history)
+        logger.info(f"epoch {epoch} done: loss {ep['loss']:.4f}"
                     + (f", val top-1 {100 * ep['top1']:.2f}% top-5 {100 * ep['top5']:.2f}%" if ep["top1"] is not None
                        else "") + (f", lambda {ep['lambda']:.4f}" if ep["lambda"] is not None else ""))
-        _report_bad_images(cfg, decoders)   # after the checkpoint: over the limit, this epoch is kept
+        _report_bad_images(cfg, self.decoders)   # after the checkpoint: over the limit, this epoch is kept
 
-    top1 = top5 = None
-    if history["epochs"] and history["epochs"][-1]["top1"] is not None:
-        top1, top5 = history["epochs"][-1]["top1"], history["epochs"][-1]["top5"]
-    recal = 0
-    if cfg.bn_recalibrate_epochs and _has_bn(net):
+    def training_state(self):
+        return state.collect_state(self.net, self.optimizer, self.stepper, self.meta)
+
+    # --------------------------------------------------------------------- the end
+    def recalibrate(self):
+        """Re-estimate the BN statistics over ``bn_recalibrate_epochs`` un-augmented passes; returns
+        the batches used (0 when not configured or the model has no BN)."""
+        cfg = self.cfg
+        if not cfg.bn_recalibrate_epochs or not _has_bn(self.net):
+            return 0
+        used = 0
         for e in range(cfg.bn_recalibrate_epochs):
-            loader = data_lib.train_loader(cfg, rank, world, epoch=cfg.epoch_size + e, mixup=False, augment=False,
-                                           decoder=decoders[cfg.train_split])
-            recal += recalibrate_bn(net, (x for x, _ in loader.create_tuple_iterator(num_epochs=1)))
-        if sync is not None:
-            sync()
-        top1, top5, _ = evaluate(net, val_loader, world, eval_forward)
-        logger.info(f"BN recalibrated over {recal} batches: val top-1 {100 * top1:.2f}% top-5 {100 * top5:.2f}%")
-        history["epochs"][-1:] = [dict(history["epochs"][-1], recalibrated_top1=top1, recalibrated_top5=top5)] \
-            if history["epochs"] else []
-    _report_bad_images(cfg, decoders)
-    ips = float(np.mean(ips_window)) if ips_window else None
-    digest = parameter_digest(net)
-    logger.info(f"parameter digest {digest}")   # every rank logs it: data-parallel replicas must agree
-    summary = {
-        "model": cfg.model, "top1": top1, "top5": top5, "epochs": cfg.epoch_size, "steps": step,
-        "world_size": world, "prepbn_lambda": current_lambda(net) if schedule else None,
-        "images_per_second": ips, "best_top1": meta["best_top1"], "best_epoch": meta["best_epoch"],
-        "bn_recalibrated_batches": recal, "global_batch": global_batch, "device_target": target, "amp_level": amp,
-        "final_loss": history["steps"][-1]["loss"] if history["steps"] else None,
-        "checkpoint": os.path.join(out, "final.ckpt"), "config": cfg.config, "parameter_digest": digest,
-        "bad_images": {split: len(d) for split, d in decoders.items()},
-    }
-    if rank == 0:
-        state.save_state(os.path.join(out, "final.ckpt"), state.collect_state(net, optimizer, stepper, meta))
-        report.write_json(os.path.join(out, "history.json"), history)
-        if cfg.plot:
-            report.plot_curves(history, os.path.join(out, "curves.png"), f"{cfg.model} ({world} x {cfg.batch_size})")
-        report.write_json(os.path.join(out, "summary.json"), summary)
-        logger.info(f"summary written to {os.path.join(out, 'summary.json')}")
-    return summary if rank == 0 else None
+            loader = self.train_loader(cfg.epoch_size + e, mixup=False, augment=False)
+            used += recalibrate_bn(self.net, (x for x, _ in data_lib.train_batches(loader)))
+        if self.sync is not None:
+            self.sync()
+        return used
+
+    def finish(self):
+        cfg, history = self.cfg, self.history
+        top1 = top5 = None
+        if history["epochs"] and history["epochs"][-1]["top1"] is not None:
+            top1, top5 = history["epochs"][-1]["top1"], history["epochs"][-1]["top5"]
+        recal = self.recalibrate()
+        if recal:
+            top1, top5, _ = self.evaluate()
+            logger.info(f"BN recalibrated over {recal} batches: val top-1 {100 * top1:.2f}% top-5 {100 * top5:.2f}%")
+            if history["epochs"]:
+                history["epochs"][-1] = dict(history["epochs"][-1], recalibrated_top1=top1, recalibrated_top5=top5)
+        _report_bad_images(cfg, self.decoders)
+        rates = [e["images_per_second"] for e in history["epochs"] if e.get("images_per_second")]
+        digest = parameter_digest(self.net)
+        logger.info(f"parameter digest {digest}")   # every rank logs it: data-parallel replicas must agree
+        summary = {
+            "model": cfg.model, "top1": top1, "top5": top5, "epochs": cfg.epoch_size, "steps": self.meta["step"],
+            "world_size": self.world, "prepbn_lambda": current_lambda(self.net) if self.has_prepbn else None,
+            "images_per_second": float(np.mean(rates)) if rates else None, "best_top1": self.meta["best_top1"],
+            "best_epoch": self.meta["best_epoch"], "bn_recalibrated_batches": recal,
+            "global_batch": self.global_batch, "device_target": self.target, "amp_level": self.amp,
+            "final_loss": history["steps"][-1]["loss"] if history["steps"] else None,
+            "checkpoint": os.path.join(self.out, "final.ckpt"), "config": cfg.config, "parameter_digest": digest,
+            "bad_images": {split: len(d) for split, d in self.decoders.items()},
+        }
+        if self.rank == 0:
+            state.save_state(os.path.join(self.out, "final.ckpt"), self.training_state())
+            report.write_json(os.path.join(self.out, "history.json"), history)
+            if cfg.plot:
+                report.plot_curves(history, os.path.join(self.out, "curves.png"),
+                                   f"{cfg.model} ({self.world} x {cfg.batch_size})")
+            report.write_json(os.path.join(self.out, "summary.json"), summary)
+            logger.info(f"summary written to {os.path.join(self.out, 'summary.json')}")
+        return summary if self.rank == 0 else None
+
+    def fit(self):
+        self.start()
+        cfg, start_epoch = self.cfg, self.meta["epoch"]
+        logger.info(f"{cfg.model}: {sum(p.size for p in self.net.trainable_params()) / 1e6:.2f} M parameters, "
+                    f"{len(self.classes)} classes, device {self.target}, amp {self.amp}, world {self.world}, "
+                    f"global batch {self.global_batch}")
+        plan = (f"{self.schedule[1]} warm + {self.schedule[0]} steps" if self.schedule else
+                "kept from ckpt_path" if self.inherit_schedule else "none")
+        logger.info(f"{cfg.epoch_size} epochs x {self.steps_per_epoch} optimizer steps = {self.total_steps}; "
+                    f"lr peak {max(self.lrs):.3g}; PRepBN {plan}"
+                    + (f"; resumed from {self.resumed_from} at epoch {start_epoch}, step {self.meta['step']}"
+                       if self.resumed_from else ""))
+        for epoch in range(start_epoch, cfg.epoch_size):
+            self.end_epoch(self.train_epoch(epoch))
+        return self.finish()
+
+
+def validate_checkpoint(cfg, split=None, use_ema=False):
+    """What validate.py reports: top-1/top-5 of ``cfg.ckpt_path`` on ``split`` (default val_split),
+    undecodable files skipped, counted and warned about."""
+    setup_context(cfg)
+    split = split or cfg.val_split
+    _, decoder = data_lib.check_image_folder(cfg.data_dir, split, cfg.num_classes, cfg.max_bad_images)
+    net = build_model(cfg)
+    load_checkpoint(net, cfg.ckpt_path, use_ema=use_ema)
+    top1, top5, n = evaluate(net, data_lib.eval_loader(cfg, split=split, decoder=decoder))
+    for path, why in decoder.new_failures():
+        print(f"warning: {path} skipped: {why}", file=sys.stderr)
+    decoder.check_limit(cfg.max_bad_images, split)
+    return {"model": cfg.model, "checkpoint": cfg.ckpt_path, "ema": use_ema, "images": n, "top1": top1,
+            "top5": top5, "bad_images": len(decoder)}
 
 
 def _report_bad_images(cfg, decoders):
@@ -338,9 +472,9 @@ def _report_bad_images(cfg, decoders):
         fresh = decoder.new_failures()
         if fresh:
             listed = "; ".join(f"{p} ({why})" for p, why in fresh[:5]) + (" ..." if len(fresh) > 5 else "")
+            action = "skips them in evaluation" if split != cfg.train_split else "uses other samples in their place"
             logger.warning(f"{len(fresh)} unusable image files found in {split}/, {len(decoder)} so far (at most "
-                           f"max_bad_images={cfg.max_bad_images}); the pipeline uses other samples in their "
-                           f"place: {listed}")
+                           f"max_bad_images={cfg.max_bad_images}); the pipeline {action}: {listed}")
         decoder.check_limit(cfg.max_bad_images, split)
 
 
@@ -366,28 +500,3 @@ def _progress(rank, total, desc):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, mininterval=1.0, dynamic_ncols=True,
                 leave=False)
-
-
-def _start_state(cfg, net, optimizer, stepper, meta, schedule, k):
-    """Resume (``resume``), start from weights (``ckpt_path``) or start fresh; fills ``meta``.
-    Returns the checkpoint resumed from, or None."""
-    if cfg.resume:
-        def load(path):
-            return state.restore_state(path, net, optimizer, stepper)
-        if cfg.resume == "auto":
-            path, got = state.newest_loadable(cfg.ckpt_save_dir, cfg.model, load)
-        else:
-            path, got = cfg.resume, load(cfg.resume)
-        if path is not None:
-            for key in ("world_size", "accumulation", "prepbn_steps", "prepbn_warm"):
-                if got.get(key) != meta[key]:
-                    raise TrainingError(f"cannot resume {path}: it was trained with {key} {got.get(key)}, this run "
-                                        f"has {meta[key]} (the schedules would not line up)")
-            meta.update(got)
-            return path
-    if cfg.ckpt_path:
-        load_param_dict(net, model_params(read_ms_checkpoint(cfg.ckpt_path)), what=cfg.ckpt_path)
-    if schedule is not None:
-        apply_schedule(net, schedule[0], schedule[1], k)
-    stepper.reset_ema()   # the average starts from the weights the run starts from
-    return None
