@@ -40,6 +40,8 @@ SMALL_VARIANTS.update({
     "slab_deit_small": dict(embed_dim=64, depth=2, num_heads=4),
     "pvt_small_prepbn": dict(_PVT_MINI, depths=[1, 2, 1, 1]),
     "pvt_medium_prepbn": dict(_PVT_MINI, depths=[1, 1, 2, 1]),
+    "slab_pvt_small": dict(_PVT_MINI, depths=[1, 2, 1, 1]),
+    "slab_pvt_medium": dict(_PVT_MINI, depths=[1, 1, 2, 1]),
     "slab_cswin_small": dict(embed_dim=16, depth=[1, 1, 2, 2], num_heads=[2, 2, 4, 8]),
 })
 

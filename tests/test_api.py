@@ -8,10 +8,14 @@ import mindspore as ms
 import slab_ms
 from conftest import SWIN_MINI
 
-def test_list_models_has_all_fourteen(reference_dir):
+def test_list_models_has_every_upstream_model(reference_dir):
+    """The 14 models of shared/reference/checkpoints and the two upstream configures without
+    publishing weights (tests/layouts: slab_pvt_small, slab_pvt_medium)."""
     names = {f[:-5] for f in os.listdir(os.path.join(reference_dir, "checkpoints"))
              if f.endswith(".json") and not f.endswith("_mini.json")}
-    assert len(names) == 14 and set(slab_ms.list_models()) == names
+    extra = {f[:-5] for f in os.listdir(os.path.join(os.path.dirname(__file__), "layouts")) if f.endswith(".json")}
+    assert len(names) == 14 and extra == {"slab_pvt_small", "slab_pvt_medium"}
+    assert set(slab_ms.list_models()) == names | extra
 
 
 def test_create_model_overrides_sizes():

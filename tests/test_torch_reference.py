@@ -7,10 +7,14 @@ import pytest
 import torch
 
 import torch_ref
-from conftest import GOLDEN_MINIS, rel_err
+from conftest import GOLDEN_MINIS, ROOT, rel_err
 
 NEW_FAMILIES = ["deit_tiny_prepbn", "deit_small_prepbn", "slab_deit_tiny", "slab_deit_small", "pvt_tiny_prepbn",
-                "pvt_small_prepbn", "pvt_medium_prepbn", "slab_pvt_tiny", "slab_cswin_tiny", "slab_cswin_small"]
+                "pvt_small_prepbn", "pvt_medium_prepbn", "slab_pvt_tiny", "slab_pvt_small", "slab_pvt_medium",
+                "slab_cswin_tiny", "slab_cswin_small"]
+# Upstream layouts of the models it configures but publishes no weights for, in the format of
+# shared/reference/checkpoints (made from upstream's classification/models/slab_pvt.py).
+LAYOUTS = os.path.join(ROOT, "tests", "layouts")
 
 
 def _layout(model):
@@ -18,7 +22,8 @@ def _layout(model):
 
 
 def _json(reference_dir, name):
-    with open(os.path.join(reference_dir, "checkpoints", name + ".json")) as f:
+    path = os.path.join(reference_dir, "checkpoints", name + ".json")
+    with open(path if os.path.isfile(path) else os.path.join(LAYOUTS, name + ".json")) as f:
         return json.load(f)
 
 
@@ -55,4 +60,17 @@ def test_full_size_layout_matches_upstream(name, reference_dir):
 def test_registry_covers_every_checkpoint(reference_dir):
     names = {f[:-5] for f in os.listdir(os.path.join(reference_dir, "checkpoints"))
              if f.endswith(".json") and not f.endswith("_mini.json")}
-    assert set(torch_ref.MODELS) == names
+    assert set(torch_ref.MODELS) == names | {f[:-5] for f in os.listdir(LAYOUTS) if f.endswith(".json")}
+
+
+@pytest.mark.parametrize("name, sibling", [("slab_pvt_small", "pvt_small_prepbn"),
+                                           ("slab_pvt_medium", "pvt_medium_prepbn")])
+def test_slab_pvt_layout_is_its_pvt_sibling_but_for_attention(name, sibling, reference_dir):
+    """SLAB-PVT-S/M are PVT-S/M (same cfg TYPE upstream) with attn_type LLLL: outside ``.attn.``
+    the layouts agree key for key; inside, SLA's positional_encoding and dwc replace the
+    spatial reduction (sr conv and its PRepBN) of the softmax stages."""
+    ours, theirs = _json(reference_dir, name)["state_dict"], _json(reference_dir, sibling)["state_dict"]
+    assert [r for r in ours if ".attn." not in r[0]] == [r for r in theirs if ".attn." not in r[0]]
+    tails = lambda rows: {r[0].split(".attn.")[1].split(".")[0] for r in rows if ".attn." in r[0]}  # noqa: E731
+    assert tails(ours) - tails(theirs) == {"positional_encoding", "dwc"}
+    assert tails(theirs) - tails(ours) == {"sr", "norm"}

@@ -137,6 +137,8 @@ MODELS = {
     "pvt_small_prepbn": dict(_PVT, depths=(3, 4, 6, 3), attn_type="SSSS", drop_path_rate=0.1),
     "pvt_medium_prepbn": dict(_PVT, depths=(3, 4, 18, 3), attn_type="SSSS", drop_path_rate=0.3),
     "slab_pvt_tiny": dict(_PVT, depths=(2, 2, 2, 2), attn_type="LLLL", la_sr_ratios="1111", drop_path_rate=0.0),
+    "slab_pvt_small": dict(_PVT, depths=(3, 4, 6, 3), attn_type="LLLL", la_sr_ratios="1111", drop_path_rate=0.1),
+    "slab_pvt_medium": dict(_PVT, depths=(3, 4, 18, 3), attn_type="LLLL", la_sr_ratios="1111", drop_path_rate=0.3),
 }
 
 

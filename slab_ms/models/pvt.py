@@ -6,8 +6,10 @@ no final norm, the head reads the mean of the last stage's tokens.
 - ``pvt_*_prepbn`` (upstream ``attn_type`` 'SSSS'): softmax attention whose keys and values
   come from a spatially reduced map (``sr`` conv with kernel = stride = ``sr_ratio``, then
   the attention's own ``norm``).
-- ``slab_pvt_tiny`` ('LLLL'): SLA with separate ``q``/``kv`` projections and no spatial
-  reduction (upstream ``PVT_LA_SR_RATIOS`` 1111).
+- ``slab_pvt_tiny``/``_small``/``_medium`` ('LLLL'): SLA with separate ``q``/``kv``
+  projections and no spatial reduction (upstream ``PVT_LA_SR_RATIOS`` 1111). Upstream configures
+  S and M (cfgs/slab_pvt_s.yaml, slab_pvt_m.yaml: the depths of PVT-S/M) but publishes no
+  checkpoint for them; their layouts are tests/layouts/slab_pvt_{small,medium}.json.
 
 Cells are registered in the order of the PyTorch modules and parameters keep the PyTorch
 names, so the state-dict layout is upstream's (shared/reference/checkpoints). Upstream
@@ -187,6 +189,8 @@ PVT_DEFAULTS = {
     "pvt_small_prepbn": dict(_PVT, depths=(3, 4, 6, 3), attn_type="SSSS", drop_path_rate=0.1),
     "pvt_medium_prepbn": dict(_PVT, depths=(3, 4, 18, 3), attn_type="SSSS", drop_path_rate=0.3),
     "slab_pvt_tiny": dict(_PVT, depths=(2, 2, 2, 2), attn_type="LLLL", la_sr_ratios="1111", drop_path_rate=0.0),
+    "slab_pvt_small": dict(_PVT, depths=(3, 4, 6, 3), attn_type="LLLL", la_sr_ratios="1111", drop_path_rate=0.1),
+    "slab_pvt_medium": dict(_PVT, depths=(3, 4, 18, 3), attn_type="LLLL", la_sr_ratios="1111", drop_path_rate=0.3),
 }
 
 
@@ -212,6 +216,18 @@ def pvt_medium_prepbn(pretrained=False, **kwargs):
 def slab_pvt_tiny(pretrained=False, **kwargs):
     """SLAB-PVT-T: SLA in every stage, no spatial reduction, PRepBN; 76.5% top-1."""
     return build_registered(PyramidVisionTransformer, PVT_DEFAULTS["slab_pvt_tiny"], pretrained, kwargs)
+
+
+@register_model
+def slab_pvt_small(pretrained=False, **kwargs):
+    """SLAB-PVT-S: PVT-S depths, SLA in every stage, PRepBN; configured upstream, no published weights."""
+    return build_registered(PyramidVisionTransformer, PVT_DEFAULTS["slab_pvt_small"], pretrained, kwargs)
+
+
+@register_model
+def slab_pvt_medium(pretrained=False, **kwargs):
+    """SLAB-PVT-M: PVT-M depths, SLA in every stage, PRepBN; configured upstream, no published weights."""
+    return build_registered(PyramidVisionTransformer, PVT_DEFAULTS["slab_pvt_medium"], pretrained, kwargs)
 
 
 @register_inferer
