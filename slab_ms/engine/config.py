@@ -22,7 +22,8 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area", "pilcubic", "antiali
 SCHEMA = {
     # system
     "mode": (0, "int", "0: GRAPH_MODE (default), 1: PYNATIVE_MODE", (0, 1)),
-    "device_target": ("auto", "str", "device to run on (auto: what MindSpore finds)", ("auto", "CPU", "GPU", "Ascend")),
+    "device_target": ("auto", "str", "device to run on (auto: what MindSpore finds)",
+                      ("auto", "CPU", "GPU", "Ascend")),
     "distribute": (False, "bool", "data-parallel run (set by scripts/run_distribute.sh)"),
     "seed": (42, "int", "seed for numpy, random, MindSpore and the data order"),
     "log_interval": (100, "int", "log a line every N optimizer steps"),
@@ -37,12 +38,12 @@ SCHEMA = {
     "train_split": ("train", "str", "training sub-folder"),
     "val_split": ("val", "str", "validation sub-folder"),
     "max_bad_images": (100, "int", "image files per split that may fail the start-up content check or the decode "
-                                   "(replaced in training, skipped in evaluation, counted and logged); more is an error; -1: no limit "
-                                   "and no start-up check"),
+                                   "(replaced in training, skipped in evaluation, counted and logged); more is an "
+                                   "error; -1: no limit and no start-up check"),
     "image_decoder": ("pillow", "str", "pillow: decode in Python with Pillow, checked and counted (max_bad_images); "
                                        "mindspore: mindcv's native decode ops, faster for training but a damaged "
-                                       "JPEG can crash the process (bench/bench_data.py); evaluation always decodes with Pillow (same "
-                                       "pixels)", ("pillow", "mindspore")),
+                                       "JPEG can crash the process (bench/bench_data.py); evaluation always decodes "
+                                       "with Pillow (same pixels)", ("pillow", "mindspore")),
     "num_parallel_workers": (8, "int", "data pipeline workers per device"),
     "python_multiprocessing": (False, "bool", "run the pipeline's Python operations (Pillow decode, RandAugment) in "
                                               "worker processes instead of threads: threads are faster on few cores "
@@ -79,7 +80,8 @@ SCHEMA = {
     "drop_rate": (None, "float", "dropout rate (model default when unset)"),
     "drop_path_rate": (None, "float", "stochastic depth rate (model default when unset)"),
     "model_kwargs": ({}, "dict", "other constructor overrides, e.g. {embed_dim: 32, depths: [1, 1]}"),
-    "amp_level": ("auto", "str", "mixed precision (auto: O2 on Ascend, O0 elsewhere)", ("auto", "O0", "O1", "O2", "O3")),
+    "amp_level": ("auto", "str", "mixed precision (auto: O2 on Ascend, O0 elsewhere)",
+                  ("auto", "O0", "O1", "O2", "O3")),
     # checkpoints
     "ckpt_save_dir": ("./ckpt", "str", "output directory: checkpoints, logs, summary.json, curves PNG"),
     "ckpt_save_interval": (1, "int", "epochs between checkpoints"),
@@ -91,8 +93,8 @@ SCHEMA = {
     "clip_value": (5.0, "float", "gradient norm bound"),
     "gradient_accumulation_steps": (1, "int", "micro-steps per optimizer step"),
     # optimizer
-    "opt": ("adamw", "str", "mindcv optimizer", ("adamw", "adam", "sgd", "momentum", "nesterov", "lion", "nadam", "adan",
-                                             "rmsprop", "adagrad", "lamb")),
+    "opt": ("adamw", "str", "mindcv optimizer", ("adamw", "adam", "sgd", "momentum", "nesterov", "lion", "nadam",
+                                                 "adan", "rmsprop", "adagrad", "lamb")),
     "momentum": (0.9, "float", "momentum (sgd/momentum) "),
     "beta1": (0.9, "float", "Adam beta1"),
     "beta2": (0.999, "float", "Adam beta2"),
@@ -104,9 +106,9 @@ SCHEMA = {
     "dynamic_loss_scale": (None, "bool", "dynamic loss scaling (default: on when AMP is on)"),
     # schedule
     "scheduler": ("cosine_decay", "str", "cosine: upstream's (timm's cosine over decay_epochs from step 0, the "
-                                         "warm-up replacing its start); the others are mindcv's", ("cosine", "cosine_decay", "warmup_cosine_decay", "one_cycle", "cyclic",
-                                                           "exponential_decay", "polynomial_decay", "step_decay",
-                                                           "multi_step_decay", "constant")),
+                                         "warm-up replacing its start); the others are mindcv's",
+                  ("cosine", "cosine_decay", "warmup_cosine_decay", "one_cycle", "cyclic", "exponential_decay",
+                   "polynomial_decay", "step_decay", "multi_step_decay", "constant")),
     "lr": (5e-4, "float", "peak learning rate (per lr_base_batch images when that is set)"),
     "lr_base_batch": (512, "int", "scale lr, min_lr by global batch / this (0: no scaling)"),
     "min_lr": (5e-6, "float", "final learning rate of the cosine"),
@@ -251,7 +253,8 @@ def build_parser(prog=None, description=None, extra=None):
     and the command line are held to the same rules. Only bool keys may go without a value
     (``--ema`` means ``--ema true``). ``extra(parser)`` adds a tool's own flags.
     """
-    p = _Parser(prog=prog, description=description, allow_abbrev=False, usage="%(prog)s [--config FILE] [--key VALUE ...]",
+    p = _Parser(prog=prog, description=description, allow_abbrev=False,
+                usage="%(prog)s [--config FILE] [--key VALUE ...]",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", help="YAML config file; command-line values override its keys")
     if extra is not None:
