@@ -4,7 +4,8 @@
 # (configs/quickstart_digits.yaml: SLA + PRepBN, schedule finishing at 60% of the run, BN
 # recalibrated at the end), validate it, fuse it (RepBN folded into the linear layers), export
 # the fused model to MindIR with a dynamic batch, run it on the validation images with
-# infer.py, and print the training summary JSON (plus a "deploy" record) as the very last line.
+# infer.py (through MindSpore Lite's C++ runtime when scripts/get_lite.sh can build it), and print
+# the training summary JSON (plus a "deploy" record) as the very last line.
 # Extra arguments go to train.py (--key value).
 REQS="requirements.txt"
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
@@ -30,7 +31,18 @@ python export.py --config "$CONFIG" --ckpt_path "$OUT/final.ckpt" --reparam --dy
 echo "== infer.py on a few validation images, then on all of data/digits/val"
 python infer.py --model_file "$OUT/slab_digits.mindir" --images data/digits/val/3/0003.png | sed -n '1,2p'
 python infer.py --model_file "$OUT/slab_digits.mindir" --images data/digits/val/5 | sed -n '2,3p'
-python infer.py --model_file "$OUT/slab_digits.mindir" --images data/digits/val --quiet > "$OUT/infer.json"
+# MindSpore Lite as users deploy it: Lite 2.0.0's C++ runtime (scripts/get_lite.sh fetches and builds it)
+# on the MindIR form it reads; MindSpore's own runtime when that cannot be had (no compiler, no network).
+if bash scripts/get_lite.sh > "$OUT/get_lite.log" 2>&1; then
+  echo "== export.py --mindir-compat 2.0, infer.py --runtime lite-cpp on all of data/digits/val"
+  python export.py --config "$CONFIG" --ckpt_path "$OUT/final.ckpt" --reparam --dynamic-batch --mindir-compat 2.0 \
+    --output "$OUT/slab_digits_lite.mindir" --force > /dev/null
+  python infer.py --model_file "$OUT/slab_digits_lite.mindir" --images data/digits/val --runtime lite-cpp \
+    --batch_size 128 --quiet > "$OUT/infer.json"
+else
+  echo "== MindSpore Lite runtime not available ($(tail -n 1 "$OUT/get_lite.log")): infer.py with MindSpore's runtime"
+  python infer.py --model_file "$OUT/slab_digits.mindir" --images data/digits/val --quiet > "$OUT/infer.json"
+fi
 python - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]

@@ -80,7 +80,7 @@ def check_export_request(fmt, dynamic_batch, output, force=False):
     return suffix
 
 
-def export_model(net, meta, output, force=False, verify=False):
+def export_model(net, meta, output, force=False, verify=False, mindir_compat=None):
     """Fold (when ``meta['reparameterized']``), export ``net`` to ``output`` and write
     ``output + '.json'``; with ``verify`` the file is reloaded and compared with ``net``.
     The file appears whole or not at all. Returns ``meta`` with what was found."""
@@ -102,6 +102,10 @@ def export_model(net, meta, output, force=False, verify=False):
         produced = os.path.join(tmp, "model" + suffix)
         if verify:
             meta["verify_max_abs_diff"] = verify_export(net, produced, fmt, shape)
+        if mindir_compat:   # rewritten for an older Lite after the check (MindSpore 2.10 reads only its own form)
+            from .mindir_compat import convert_file
+            convert_file(produced, produced)
+            meta["mindir_compat"] = mindir_compat
         os.replace(produced, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)   # the temp folder made above
@@ -216,13 +220,81 @@ class GraphCellRunner:
         return self.cell(self.ms.Tensor(batch)).asnumpy()
 
 
-def make_runner(path, device):
-    """``(runner, why_not_lite)``: Lite when ``mindspore_lite`` imports, else GraphCell and the reason."""
+class LiteCppRunner:
+    """MindSpore Lite's C++ runtime through ``deploy/lite``'s runner (a separate process: Lite and
+    MindSpore 2.10 cannot share one). Needs a MindIR that Lite builds (``export.py --mindir-compat
+    2.0`` for PyPI's Lite 2.0) and the runner (``scripts/get_lite.sh`` builds it)."""
+    name = "mindspore_lite C++ (deploy/lite)"
+
+    def __init__(self, path, device, runner=None, threads=None):
+        self.path, self.device = path, device
+        self.runner = runner or default_lite_runner()
+        if not self.runner or not os.access(self.runner, os.X_OK):
+            raise ConfigError("the MindSpore Lite runner is not built: run bash scripts/get_lite.sh (or set "
+                              "SLAB_LITE_RUNNER)")
+        self.threads = threads or max(1, min(os.cpu_count() or 1, 8))
+
+    def __call__(self, batch):
+        import subprocess
+        with tempfile.TemporaryDirectory(prefix="slab-lite-") as tmp:   # removed with what it holds
+            src, dst = os.path.join(tmp, "in.npy"), os.path.join(tmp, "out.npy")
+            np.save(src, np.ascontiguousarray(batch, dtype=np.float32))
+            p = subprocess.run([self.runner, self.path, src, dst, "--device", self.device, "--threads",
+                                str(self.threads)], capture_output=True, text=True)
+            if p.returncode != 0:
+                lines = p.stderr.strip().splitlines()
+                raise ConfigError(lines[-1][len("error: "):] if lines and lines[-1].startswith("error: ")
+                                  else f"the Lite runner failed (exit {p.returncode})")
+            return np.load(dst, allow_pickle=False)
+
+
+def default_lite_runner():
+    """``SLAB_LITE_RUNNER``, else where scripts/get_lite.sh builds it (None when not built)."""
+    path = os.environ.get("SLAB_LITE_RUNNER")
+    if path:
+        return path
+    cache = os.environ.get("LITE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "slab_ms", "lite-2.0.0")
+    path = os.path.join(cache, "lite_runner")
+    return path if os.access(path, os.X_OK) else None
+
+
+def is_lite_compatible(path):
+    """Whether a MindIR file is mind_ir_version 1 (what Lite 2.0 builds: ``--mindir-compat 2.0``)."""
+    from mindspore.train import mind_ir_pb2
+    m = mind_ir_pb2.ModelProto()
+    try:
+        with open(path, "rb") as f:
+            m.ParseFromString(f.read())
+    except Exception:  # a damaged file: let the runtime say so
+        return False
+    return m.mind_ir_version <= 1
+
+
+RUNTIMES = ("auto", "lite", "lite-cpp", "mindspore")
+
+
+def make_runner(path, device, runtime="auto"):
+    """``(runner, note)`` for ``runtime``: ``lite`` (the ``mindspore_lite`` Python package),
+    ``lite-cpp`` (deploy/lite's runner), ``mindspore`` (GraphCell), or ``auto``: the first of those
+    that can run this file, with a note saying why the others were not used."""
+    if runtime == "lite":
+        return LiteRunner(path, device), None
+    if runtime == "lite-cpp":
+        return LiteCppRunner(path, device), None
+    if runtime == "mindspore":
+        return GraphCellRunner(path, device), None
     try:
         import mindspore_lite  # noqa: F401
+        return LiteRunner(path, device), None
     except ImportError:
-        return GraphCellRunner(path, device), "mindspore_lite is not installed"
-    return LiteRunner(path, device), None
+        pass
+    runner = default_lite_runner()
+    if runner and is_lite_compatible(path):
+        return LiteCppRunner(path, device, runner), "mindspore_lite (Python) is not installed"
+    why = "no Lite runtime (bash scripts/get_lite.sh builds the C++ one)" if not runner else \
+        "the file is not Lite 2.0 compatible (export.py --mindir-compat 2.0 writes one)"
+    return GraphCellRunner(path, device), why
 
 
 def softmax(x):

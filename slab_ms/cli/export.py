@@ -33,6 +33,8 @@ def main(argv=None):
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model constructor override")
     p.add_argument("--verify", action="store_true", help="reload the file and compare with the model")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--mindir-compat", dest="mindir_compat", choices=["2.0"],
+                   help="write the MindIR form MindSpore Lite 2.0 builds (mind_ir_version 1; PyPI's Lite is 2.0.0)")
     args = p.parse_args(argv)
     from ..deploy import build_for_export, check_export_request, export_model
     from ..models.registry import parse_model_overrides
@@ -43,11 +45,14 @@ def main(argv=None):
         net, meta = build_for_export(args.model, args.config, args.ckpt_path, parse_model_overrides(args.set),
                                      batch=args.batch, dynamic_batch=args.dynamic_batch, fmt=args.format,
                                      reparam=args.reparam)
-        meta = export_model(net, meta, args.output, force=args.force, verify=args.verify)
+        if args.mindir_compat and args.format != "MINDIR":
+            raise errors.ConfigError("--mindir-compat applies to --format MINDIR")
+        meta = export_model(net, meta, args.output, force=args.force, verify=args.verify,
+                            mindir_compat=args.mindir_compat)
     except (errors.SlabError, ValueError) as e:
         report(e)
         return 1
-    keys = ("model", "format", "reparameterized", "input_shape", "norms_left", "verify_max_abs_diff")
+    keys = ("model", "format", "reparameterized", "input_shape", "norms_left", "verify_max_abs_diff", "mindir_compat")
     print(json.dumps({"output": args.output, **{k: meta[k] for k in keys if k in meta}}))
     return 0
 

@@ -1,10 +1,12 @@
 """Classify images with an exported MindIR: ``python infer.py --model_file X.mindir --images PATH``.
 
-PATH is an image file or a folder (searched recursively). Runs the MindIR with MindSpore
-Lite's Python API (``mindspore_lite``: Context, Model.build_from_file, predict; ``--device``
-cpu, gpu or ascend) when it is installed, else with MindSpore's own MindIR runtime
-(``nn.GraphCell``), and says which. Preprocessing is validate.py's evaluation transform with
-the values recorded by export.py next to the model (``X.mindir.json``), or from ``--config``.
+PATH is an image file or a folder (searched recursively). ``--runtime`` picks what runs the
+MindIR (``--device`` cpu, gpu or ascend): MindSpore Lite's Python API (``lite``), Lite's C++
+runtime through deploy/lite's runner (``lite-cpp``, built by scripts/get_lite.sh; needs a file
+written with ``export.py --mindir-compat 2.0``), or MindSpore's own MindIR runtime
+(``mindspore``, nn.GraphCell); ``auto`` takes the first that can run the file and says which.
+Preprocessing is validate.py's evaluation transform with the values recorded by export.py next
+to the model (``X.mindir.json``), or from ``--config``.
 Prints the top-5 classes with probabilities per image, then one JSON line.
 """
 import argparse
@@ -25,6 +27,9 @@ def main(argv=None):
     p.add_argument("--images", required=True, help="an image or a folder of images")
     p.add_argument("--config", help="training config for the preprocessing and class names")
     p.add_argument("--device", choices=["cpu", "gpu", "ascend"], default="cpu")
+    p.add_argument("--runtime", choices=["auto", "lite", "lite-cpp", "mindspore"], default="auto",
+                   help="lite: the mindspore_lite Python package; lite-cpp: deploy/lite's C++ runner "
+                        "(scripts/get_lite.sh); mindspore: nn.GraphCell; auto: the first that can run the file")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--quiet", action="store_true", help="only the JSON line, no line per image")
@@ -35,7 +40,7 @@ def main(argv=None):
             raise errors.ConfigError(f"--model_file {args.model_file}: no such file")
         meta = load_meta(args.model_file, args.config)
         paths = list_images(args.images)
-        runner, why = make_runner(args.model_file, args.device)
+        runner, why = make_runner(args.model_file, args.device, args.runtime)
         print(f"runtime: {runner.name} ({args.device})" + (f"; {why}" if why else ""))
         results = []
         for r in classify(runner, paths, meta, args.batch_size, args.top):
