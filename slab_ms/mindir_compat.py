@@ -374,43 +374,36 @@ class Ctx:
                 return [int(d) for d in a.tensors[0].dims]
         raise CompatError(f"no static output shape recorded for {node_output}")
 
-    def int_tuple_const(self, values):
+    def _const(self):
+        """A new Constant node (added before every CNode) and its output name."""
         self._n += 1
         name = f"CompatConst_{self._n}"
         n = pb.NodeProto(name=name, op_type="Constant")
         n.output.append(name)
-        n.attribute.append(_attr("value", tuple(int(v) for v in values)))
         self.new_nodes.append(n)
+        return n, name
+
+    def _tensor_const(self, data_type, dims, raw):
+        n, name = self._const()
+        a = n.attribute.add()
+        a.name, a.type = "value", A.TENSORS
+        t = a.tensors.add()
+        t.data_type = data_type
+        t.dims.extend(dims)
+        t.name = "value0"
+        t.raw_data = raw
+        return name
+
+    def int_tuple_const(self, values):
+        n, name = self._const()
+        n.attribute.append(_attr("value", tuple(int(v) for v in values)))
         return name
 
     def int32_tensor_const(self, values):
-        self._n += 1
-        name = f"CompatConst_{self._n}"
-        n = pb.NodeProto(name=name, op_type="Constant")
-        n.output.append(name)
-        a = n.attribute.add()
-        a.name, a.type = "value", A.TENSORS
-        t = a.tensors.add()
-        t.data_type = pb.TensorProto.INT32
-        t.dims.append(len(values))
-        t.name = "value0"
-        t.raw_data = struct.pack(f"<{len(values)}i", *values)
-        self.new_nodes.append(n)
-        return name
+        return self._tensor_const(pb.TensorProto.INT32, [len(values)], struct.pack(f"<{len(values)}i", *values))
 
     def float_tensor_const(self, value):
-        self._n += 1
-        name = f"CompatConst_{self._n}"
-        n = pb.NodeProto(name=name, op_type="Constant")
-        n.output.append(name)
-        a = n.attribute.add()
-        a.name, a.type = "value", A.TENSORS
-        t = a.tensors.add()
-        t.data_type = pb.TensorProto.FLOAT
-        t.name = "value0"
-        t.raw_data = struct.pack("<f", value)
-        self.new_nodes.append(n)
-        return name
+        return self._tensor_const(pb.TensorProto.FLOAT, [], struct.pack("<f", value))
 
 
 # ---------------------------------------------------------------- per-op rules

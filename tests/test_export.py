@@ -109,7 +109,9 @@ def test_export_refuses_bad_requests(mini_ckpt, tmp_path):
         assert not any(f.suffix in (".mindir", ".onnx") for f in tmp_path.iterdir())
 
 
-def test_infer_matches_the_validation_pipeline(tmp_path):
+def tiny_digits_model(tmp_path):
+    """The digits tree, a quickstart config at a tiny size on it, and a random model whose outputs
+    depend on the image, saved: ``(digits, config path, cfg, net in eval mode, checkpoint path)``."""
     digits = str(tmp_path / "digits")
     make_digits.build(digits, size=32)
     config = tmp_path / "tiny.yaml"
@@ -118,10 +120,15 @@ def test_infer_matches_the_validation_pipeline(tmp_path):
     cfg_data.update(model_kwargs=TINY_KW, data_dir=digits)
     config.write_text(yaml.safe_dump(cfg_data))
     cfg = load_config(str(config))
-    net = randomize_ms(build_model(cfg), seed=11, weight_scale=0.08)   # outputs that depend on the image
+    net = randomize_ms(build_model(cfg), seed=11, weight_scale=0.08)
     ckpt = str(tmp_path / "tiny.ckpt")
     save_ms_checkpoint({k: v.asnumpy() for k, v in net.parameters_and_names()}, ckpt)
     net.set_train(False)
+    return digits, str(config), cfg, net, ckpt
+
+
+def test_infer_matches_the_validation_pipeline(tmp_path):
+    digits, config, cfg, net, ckpt = tiny_digits_model(tmp_path)
     logits = []   # validate.py's path: eval_loader over val/, in file order
     for x, _ in data_lib.eval_loader(cfg).create_tuple_iterator(num_epochs=1):
         logits.append(net(x).asnumpy().astype(np.float64))
@@ -129,7 +136,7 @@ def test_infer_matches_the_validation_pipeline(tmp_path):
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     model_file = str(tmp_path / "tiny.mindir")
-    export("--config", str(config), "--ckpt_path", ckpt, "--reparam", "--dynamic-batch", "--output", model_file)
+    export("--config", config, "--ckpt_path", ckpt, "--reparam", "--dynamic-batch", "--output", model_file)
     p = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), "--model_file", model_file, "--images",
                         os.path.join(digits, "val")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]

@@ -9,25 +9,18 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
 import mindspore as ms
 
-from slab_ms.checkpoint import save_ms_checkpoint
 from slab_ms.deploy import build_for_export, default_lite_runner, export_model
 from slab_ms.engine import data as data_lib
-from slab_ms.engine.config import load_config
-from slab_ms.engine.trainer import build_model
 from slab_ms.mindir_compat import CompatError, convert_file
 
 from conftest import ROOT, SMALL_VARIANTS, rel_err
+from test_export import tiny_digits_model
 from test_reparam import randomize_ms
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import make_digits  # noqa: E402
 
 RUNNER = default_lite_runner()
 needs_lite = pytest.mark.skipif(RUNNER is None, reason="Lite runner not built (bash scripts/get_lite.sh)")
-TINY_KW = {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "attn_type": "LS", "window_size": 8}
 # one fused model per family, dynamic batch: Swin with SLA and softmax, DeiT with softmax and SLA, PVT with
 # spatial reduction and with SLA, CSwin
 FAMILIES = ["slab_swin_tiny", "swin_tiny_prepbn", "deit_tiny_prepbn", "slab_deit_tiny", "pvt_tiny_prepbn",
@@ -65,21 +58,10 @@ def test_lite_runtime_gives_mindspores_logits(name, tmp_path):
 
 @needs_lite
 def test_infer_lite_cpp_scores_the_digits_as_validation_does(tmp_path):
-    digits = str(tmp_path / "digits")
-    make_digits.build(digits, size=32)
-    config = tmp_path / "tiny.yaml"
-    with open(os.path.join(ROOT, "configs", "quickstart_digits.yaml")) as f:
-        cfg_data = yaml.safe_load(f)
-    cfg_data.update(model_kwargs=TINY_KW, data_dir=digits)
-    config.write_text(yaml.safe_dump(cfg_data))
-    cfg = load_config(str(config))
-    net = randomize_ms(build_model(cfg), seed=11, weight_scale=0.08)   # outputs that depend on the image
-    ckpt = str(tmp_path / "tiny.ckpt")
-    save_ms_checkpoint({k: v.asnumpy() for k, v in net.parameters_and_names()}, ckpt)
-    net.set_train(False)
+    digits, config, cfg, net, ckpt = tiny_digits_model(tmp_path)
     logits = np.concatenate([net(x).asnumpy() for x, _ in data_lib.eval_batches(data_lib.eval_loader(cfg))])
     model_file = str(tmp_path / "tiny.mindir")
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), "--config", str(config), "--ckpt_path", ckpt,
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), "--config", config, "--ckpt_path", ckpt,
                         "--reparam", "--dynamic-batch", "--mindir-compat", "2.0", "--output", model_file],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
