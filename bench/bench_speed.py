@@ -6,8 +6,9 @@ everywhere) against the PyTorch reference, measured in one run on one machine.
 
 Rows per model: MindSpore eval of the model as trained (``ms``), re-parameterized (``ms fused``),
 the same fused network with softmax attention in every stage (``ms fused SSSS``), the fused
-network exported to MindIR (dynamic batch) and run from the file (``ms fused MindIR``), and the
-PyTorch reference (eval, no_grad) with the same thread count. Columns: batch-1 latency (ms,
+network exported to MindIR (dynamic batch) and run from the file (``ms fused MindIR``), the same
+file rewritten for and run by MindSpore Lite 2.0's C++ runtime (``lite fused``, scripts/get_lite.sh
+builds the runner; its latency is the runner's own mean Predict time), and the PyTorch reference (eval, no_grad) with the same thread count. Columns: batch-1 latency (ms,
 median), throughput at the larger batches (images/s), first-call time at batch 1 (MindSpore:
 graph compile; MindIR: loading the file and compiling it). One training step (forward, backward,
 AdamW) at ``--train-batch`` for the first model, MindSpore GRAPH_MODE against PyTorch. Writes
@@ -83,6 +84,39 @@ def mindir_forward(net, size, tmp):
             state["cell"] = ms.nn.GraphCell(ms.load(path + ".mindir"))
         return state["cell"](ms.Tensor(x)).asnumpy()
     return call
+
+
+def lite_measure(net, batches, repeats, size, threads, tmp):
+    """The fused network through MindSpore Lite's C++ runtime (deploy/lite's runner, built by
+    scripts/get_lite.sh; the MindIR rewritten with --mindir-compat 2.0). The runner is a separate
+    process (Lite and MindSpore cannot share one): the first-call time is a whole run (process start,
+    Build, one Predict); the latency is the runner's own mean over ``repeats`` Predict calls after
+    the first, with ``threads`` threads as the other rows. None when the runner is not built."""
+    import subprocess
+    from slab_ms.deploy import default_lite_runner
+    from slab_ms.mindir_compat import convert_file
+    runner = default_lite_runner()
+    if runner is None:
+        return None
+    path = os.path.join(tmp, "model")
+    ms.export(net, ms.Tensor(shape=[None, 3, size, size], dtype=ms.float32), file_name=path, file_format="MINDIR")
+    convert_file(path + ".mindir", path + ".mindir")
+    out = {}
+    for b in batches:
+        src, dst = os.path.join(tmp, "in.npy"), os.path.join(tmp, "out.npy")
+        np.save(src, np.random.default_rng(b).standard_normal((b, 3, size, size)).astype(np.float32))
+        cmd = [runner, path + ".mindir", src, dst, "--threads", str(threads)]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        first = time.perf_counter() - t
+        p = subprocess.run(cmd + ["--repeat", str(repeats if b == 1 else max(2, repeats // 2))], check=True,
+                           capture_output=True, text=True)
+        med = json.loads(p.stdout.strip().splitlines()[-1])["predict_ms"] / 1000
+        if b == batches[0]:
+            out["first_call_s"] = first
+        out[f"b{b}_ms"] = 1000 * med
+        out[f"b{b}_ips"] = b / med
+    return out
 
 
 def torch_forward(model):
@@ -184,15 +218,17 @@ def run_variant(name, variant, batches, repeats, threads):
     net = softmax_variant(name) if variant == "ms fused SSSS" else slab_ms.create_model(name)
     if variant != "ms":
         slab_ms.reparameterize(net)
-    if variant == "ms fused MindIR":
+    if variant in ("ms fused MindIR", "lite fused"):
         import shutil
         import tempfile
         net.set_train(False)
         tmp = tempfile.mkdtemp(prefix="bench-mindir-")
         try:
+            if variant == "lite fused":
+                return lite_measure(net, batches, repeats, size, threads, tmp)
             return measure(mindir_forward(net, size, tmp), batches, repeats, size)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)   # the folder made above
     return measure(ms_forward(net), batches, repeats, size)
 
 
@@ -239,6 +275,9 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--variants", help="comma-separated rows to measure (default: all), e.g. "
+                                      "'ms fused MindIR,lite fused,torch'")
+    p.add_argument("--no-train", action="store_true", help="skip the training-step line")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     p.add_argument("--job", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -255,22 +294,26 @@ def main():
     results = {}
     for name in args.models.split(","):
         variants = ["ms", "ms fused"] + (["ms fused SSSS"] if "slab" in name else []) + ["ms fused MindIR"] + \
-            ([] if args.no_torch else ["torch"])
+            ["lite fused"] + ([] if args.no_torch else ["torch"])
+        if args.variants:
+            variants = [v for v in variants if v in args.variants.split(",")]
         results[name] = {v: measure_in_parts(args, name, v, batches) for v in variants}
         print(f"{name}: " + json.dumps({k: v.get(f"b{batches[0]}_ms") for k, v in results[name].items()}),
               flush=True)
     first = args.models.split(",")[0]
     reps = max(2, args.repeats // 2)
-    train = {"model": first, "batch": args.train_batch,
-             "ms": in_subprocess(args, "train", first, args.train_batch, reps, "ms")}
-    if not args.no_torch:
-        train["torch"] = in_subprocess(args, "train", first, args.train_batch, reps, "torch")
+    train = None
+    if not args.no_train:
+        train = {"model": first, "batch": args.train_batch,
+                 "ms": in_subprocess(args, "train", first, args.train_batch, reps, "ms")}
+        if not args.no_torch:
+            train["torch"] = in_subprocess(args, "train", first, args.train_batch, reps, "torch")
     import torch
     machine = f"{platform.machine()}, {os.cpu_count()} cores, threads {args.threads}"
     os.makedirs(args.out, exist_ok=True)
     md = [f"# Speed, measured {time.strftime('%Y-%m-%d')} ({machine}; MindSpore {ms.__version__}, "
-          f"torch {torch.__version__}; each figure from its own process)", "", table(results, batches), "",
-          train_line(train)]
+          f"torch {torch.__version__}; each figure from its own process)", "", table(results, batches)] + \
+        (["", train_line(train)] if train else [])
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
