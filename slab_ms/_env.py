@@ -20,3 +20,10 @@ def configure_onednn():
         return
     if "AuthenticAMD" in info and " avx2" in info:
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+
+
+def cache_dir(*parts):
+    """``$XDG_CACHE_HOME/slab_ms/<parts>`` (default ``~/.cache/slab_ms/<parts>``): where slab_ms keeps
+    what it can rebuild (content-check results, the Lite runtime; scripts/get_lite.sh uses the same)."""
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(home, "slab_ms", *parts)

@@ -8,6 +8,7 @@ import tempfile
 
 import numpy as np
 
+from ._env import cache_dir
 from .checkpoint import load_checkpoint
 from .engine.config import load_config
 from .engine.data import IMAGE_EXTENSIONS, class_folders
@@ -253,8 +254,7 @@ def default_lite_runner():
     path = os.environ.get("SLAB_LITE_RUNNER")
     if path:
         return path
-    cache = os.environ.get("LITE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "slab_ms", "lite-2.0.0")
+    cache = os.environ.get("LITE_CACHE") or cache_dir("lite-2.0.0")
     path = os.path.join(cache, "lite_runner")
     return path if os.access(path, os.X_OK) else None
 

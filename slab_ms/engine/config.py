@@ -318,6 +318,12 @@ def load_config(path=None, overrides=None):
     return cfg
 
 
+def run_splits(cfg):
+    """The data splits a training run reads: the training split, and the validation split when it
+    validates or recalibrates BN."""
+    return [cfg.train_split] + ([cfg.val_split] if cfg.val_while_train or cfg.bn_recalibrate_epochs else [])
+
+
 def validate(cfg):
     """Value checks that do not need the data or the model."""
     def positive(*keys):
@@ -365,8 +371,7 @@ def main(argv=None):
     cfg = load_config(path, got)
     if check:
         from .data import check_image_folder
-        splits = [cfg.train_split] + ([cfg.val_split] if cfg.val_while_train or cfg.bn_recalibrate_epochs else [])
-        for split in splits:
+        for split in run_splits(cfg):
             check_image_folder(cfg.data_dir, split, cfg.num_classes, -1)
     if key is not None:
         if key not in cfg:

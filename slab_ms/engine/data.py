@@ -29,6 +29,7 @@ from mindcv.data import create_dataset, create_loader, create_transforms
 from mindspore.dataset.vision import Inter
 from PIL import Image
 
+from .._env import cache_dir
 from ..errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -118,10 +119,9 @@ def content_check_cache_files(path, rank=0, world=1):
     in the split folder, else (folder not writable) one under ``$XDG_CACHE_HOME/slab_ms`` or
     ``~/.cache/slab_ms`` named by the folder's real path."""
     name = f"{rank}-of-{world}.json"
-    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     tag = hashlib.sha1(os.path.realpath(path).encode("utf-8", "surrogateescape")).hexdigest()[:20]
     return [os.path.join(path, f"{CONTENT_CHECK_CACHE}.{name}"),
-            os.path.join(home, "slab_ms", "content_check", f"{tag}.{name}")]
+            cache_dir("content_check", f"{tag}.{name}")]
 
 
 def _read_cache(file, rank, world):

@@ -21,6 +21,7 @@ from ..layers.prepbn import PRepBN, RepBN, TokenBatchNorm
 from ..models.registry import create_model, is_model
 from . import data as data_lib
 from . import report, state
+from .config import run_splits
 from .recalibrate import recalibrate_bn
 from .schedule import apply_schedule, current_lambda, plan_schedule, prepbn_cells
 from .train_step import AllReduceParams, Logits, NetWithLoss, Stepper, SumOverRanks, make_loss_scaler
@@ -189,8 +190,8 @@ class Run:
     # --------------------------------------------------------------------- building
     def _check_data(self):
         cfg = self.cfg
-        self.needs_val = bool(cfg.val_while_train or cfg.bn_recalibrate_epochs)
-        splits = [cfg.train_split] + ([cfg.val_split] if self.needs_val else [])
+        splits = run_splits(cfg)
+        self.needs_val = len(splits) > 1
         self.decoders, self.classes = {}, None   # per split: records the image files that cannot be used
         for split in splits:
             found, self.decoders[split] = data_lib.check_image_folder(
