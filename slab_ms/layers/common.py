@@ -10,31 +10,47 @@ GELU_LOGIT_COEFFS = (1.595768985e+00, 7.266782261e-02, -6.590944923e-05, -1.1055
 
 
 class GELU(nn.Cell):
-    """Exact (erf) GELU, ``x * Phi(x)`` as ``torch.nn.GELU()``.
+    """Exact (erf) GELU, ``x * Phi(x)`` as ``torch.nn.GELU()``, with its exact gradient
+    ``Phi(x) + x * phi(x)``.
 
-    Training runs MindSpore's ``nn.GELU(approximate=False)`` (its Erf, and its gradient).
-    Eval computes the same function as ``x * sigmoid(x * Q(x^2))`` with ``Q`` fitted to
-    ``logit(Phi)`` (``scripts/fit_gelu.py``). In float32 it is within 5.9e-7 of the float64 GELU on
-    [-12, 12], where torch's own float32 GELU is within 1.1e-6, and it saturates to ``x`` and ``-0``
-    beyond. The reason is speed: MindSpore's CPU Erf is a scalar loop whose cost grows with
-    ``|x|``, while these multiplies, adds and one sigmoid are vectorized (``bench/profile_ops.py``:
-    about 8 ms against 12-22 ms on a stage-1 hidden tensor of slab_swin_tiny). The ops also export
-    to ONNX and MindIR as they are.
+    ``Phi`` is computed as ``sigmoid(x * Q(x^2))`` with ``Q`` fitted to ``logit(Phi)``
+    (``scripts/fit_gelu.py``). In float32 the GELU is within 5.9e-7 of the float64 GELU on
+    [-12, 12], where torch's own float32 GELU is within 1.1e-6, and it saturates to ``x`` and
+    ``-0`` beyond. Two reasons not to use MindSpore's ``nn.GELU(approximate=False)``:
+
+    - speed: MindSpore's CPU Erf is a scalar loop whose cost grows with ``|x|``, while these
+      multiplies, adds and one sigmoid are vectorized (``bench/profile_ops.py``: about 8 ms against
+      12-22 ms on a stage-1 hidden tensor of slab_swin_tiny); the ops also export to ONNX and
+      MindIR as they are;
+    - memory: the gradient is written out here (``bprop``) so that a training step keeps only
+      ``x`` per GELU. MindSpore's erf GELU made slab_swin_tiny's training step hold 1.7 GB more at
+      batch 8 than the same network with the tanh GELU (bench/results/train.md).
     """
 
     def __init__(self):
         super().__init__()
-        self.exact = nn.GELU(approximate=False)  # MindSpore defaults to the tanh approximation
         self.coeffs = GELU_LOGIT_COEFFS
+        self.inv_sqrt_2pi = 0.3989422804014327
 
-    def construct(self, x):
-        if self.training:
-            return self.exact(x)
+    def cdf(self, x):
+        """``Phi(x)``, the standard normal CDF, to float32 accuracy."""
         s = x * x
         q = s * self.coeffs[-1] + self.coeffs[-2]
         for c in self.coeffs[-3::-1]:   # Horner, down to the constant term
             q = q * s + c
-        return x * ops.sigmoid(x * q)
+        return ops.sigmoid(x * q)
+
+    def construct(self, x):
+        if x.dtype == ms.float32:
+            return x * self.cdf(x)
+        xf = x.astype(ms.float32)   # float16/bfloat16 under AMP: x^12 of the polynomial needs float32
+        return (xf * self.cdf(xf)).astype(x.dtype)
+
+    def bprop(self, x, out, dout):
+        xf = x.astype(ms.float32) if x.dtype != ms.float32 else x
+        pdf = ops.exp(xf * xf * -0.5) * self.inv_sqrt_2pi
+        grad = dout.astype(ms.float32) * (self.cdf(xf) + xf * pdf)
+        return (grad.astype(x.dtype),)
 
 
 class Mlp(nn.Cell):
@@ -65,21 +81,30 @@ class DropPath(nn.Cell):
         if not self.training or self.keep_prob == 1.0:
             return x
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = ops.floor(self.keep_prob + ops.rand(shape, dtype=ms.float32)).astype(x.dtype)
-        return x / self.keep_prob * mask
+        # timm scales the (B, 1, ...) mask, not x: one full-size multiply forward and backward
+        mask = ops.floor(self.keep_prob + ops.rand(shape, dtype=ms.float32)) / self.keep_prob
+        return x * cast_back(ops.stop_gradient(mask), x.dtype)
 
 
 def chunk_last(t, parts):
     """``parts`` equal slices of the last axis: ``t.reshape(..., parts, c)[..., i, :]`` for each i.
 
-    The same values as indexing the reshaped tensor, but as contiguous range slices: MindSpore's
+    The same values as indexing the reshaped tensor, but one ``Split`` of the last axis: MindSpore's
     CPU StridedSlice takes ~9 ms to pick one index of a middle axis of a stage-1 qkv (1x3136x3x96)
-    and ~0.3 ms for the equivalent last-axis range (``bench/profile_ops.py``)."""
-    c = t.shape[-1] // parts
-    out = ()
-    for i in range(parts):
-        out = out + (t[..., i * c:(i + 1) * c],)
-    return out
+    (``bench/profile_ops.py``), and a Split's gradient is one Concat where range slices need one
+    full-size StridedSliceGrad each plus their sum (2.3x faster forward + backward on a stage-1
+    batch-8 qkv, and less memory in a training step)."""
+    return ops.split(t, t.shape[-1] // parts, axis=-1)
+
+
+def as_float32(x):
+    """``x`` in float32 (no Cast node when it already is)."""
+    return x if x.dtype == ms.float32 else x.astype(ms.float32)
+
+
+def cast_back(x, dtype):
+    """``x`` as ``dtype`` (no Cast node when it already is)."""
+    return x if x.dtype == dtype else x.astype(dtype)
 
 
 def drop_path_rates(drop_path_rate, total_depth):

@@ -8,6 +8,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from .common import as_float32, cast_back
+
 
 class TokenBatchNorm(nn.Cell):
     """BatchNorm over the channel axis of (B, N, C) tokens, with PyTorch semantics.
@@ -42,28 +44,26 @@ class TokenBatchNorm(nn.Cell):
     def construct(self, x, update_stats=None):
         if not self.training:
             scale, shift = self.affine()
-            return (x.astype(ms.float32) * scale + shift).astype(x.dtype)
-        xf = x.astype(ms.float32).reshape(-1, self.num_features)
-        mean = xf.mean(axis=0)
-        centered = xf - mean
-        var = (centered * centered).mean(axis=0)
-        y = centered * ops.rsqrt(var + self.eps) * self.gamma + self.beta
-        self._update_running_stats(ops.stop_gradient(mean), ops.stop_gradient(var), xf.shape[0], update_stats)
-        return y.reshape(x.shape).astype(x.dtype)
-
-    def _update_running_stats(self, mean, var, n, update):
-        unbiased = var * (n / max(n - 1, 1))
-        m = self.momentum
-        new_mean = (1.0 - m) * self.moving_mean + m * mean
-        new_var = (1.0 - m) * self.moving_variance + m * unbiased
-        step = ops.ones_like(self.num_batches_tracked)
-        if update is not None:  # a bool tensor from PRepBN: keep the statistics during warm-up
-            new_mean = ops.select(update, new_mean, self.moving_mean)
-            new_var = ops.select(update, new_var, self.moving_variance)
-            step = ops.select(update, step, ops.zeros_like(step))
-        ops.assign(self.moving_mean, new_mean)
-        ops.assign(self.moving_variance, new_var)
-        ops.assign(self.num_batches_tracked, self.num_batches_tracked + step)
+            return cast_back(as_float32(x) * scale + shift, x.dtype)
+        xf = as_float32(x).reshape(-1, self.num_features)
+        # MindSpore's fused BatchNorm: one op forward, one BatchNormGrad backward, and the running
+        # average updated in place with torch's rule (new = (1 - m) old + m batch, unbiased
+        # variance). Written out (mean, centre, square, mean, rsqrt, the update), it cost
+        # slab_swin_tiny's training step a third of its memory and much of its compile time
+        # (bench/results/train.md). The momentum is read here, at compile time, so that
+        # recalibration can set it to 1 for a graph of its own.
+        batch_norm = ops.BatchNorm(is_training=True, epsilon=float(self.eps), momentum=float(self.momentum))
+        one = ops.ones_like(self.num_batches_tracked)
+        if update_stats is None:
+            y = batch_norm(xf, self.gamma, self.beta, self.moving_mean, self.moving_variance)[0]
+            ops.assign_add(self.num_batches_tracked, one)
+        else:   # a bool tensor from PRepBN: during warm-up the statistics stay as they were
+            old_mean, old_var = self.moving_mean * 1.0, self.moving_variance * 1.0   # read before the update
+            y = batch_norm(xf, self.gamma, self.beta, self.moving_mean, self.moving_variance)[0]
+            ops.assign(self.moving_mean, ops.select(update_stats, self.moving_mean, old_mean))
+            ops.assign(self.moving_variance, ops.select(update_stats, self.moving_variance, old_var))
+            ops.assign_add(self.num_batches_tracked, ops.select(update_stats, one, ops.zeros_like(one)))
+        return cast_back(y.reshape(x.shape), x.dtype)
 
 
 class RepBN(nn.Cell):
@@ -80,7 +80,7 @@ class RepBN(nn.Cell):
         return scale + self.alpha, shift
 
     def construct(self, x, update_stats=None):
-        return self.bn(x, update_stats) + (self.alpha * x.astype(ms.float32)).astype(x.dtype)
+        return self.bn(x, update_stats) + cast_back(self.alpha * as_float32(x), x.dtype)
 
 
 class PRepBN(nn.Cell):
@@ -133,7 +133,7 @@ class PRepBN(nn.Cell):
         ops.assign(self.iter, it - ops.select(ops.logical_and(ops.logical_not(in_warm), it > 0), one, zero))
         x1 = self.norm1(x)
         x2 = self.norm2(x, ops.logical_not(in_warm))
-        lam = lam.astype(x1.dtype)
+        lam = ops.stop_gradient(lam).astype(x1.dtype)   # a schedule, not a weight: no gradient to compute
         return lam * x1 + (1 - lam) * x2
 
 

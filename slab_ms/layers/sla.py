@@ -10,7 +10,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from .common import chunk_last
+from .common import as_float32, cast_back, chunk_last
 
 
 class SimplifiedLinearAttention(nn.Cell):
@@ -90,9 +90,9 @@ def merge_heads(t, num_heads):
 def relu_linear_attention(q, k, v, kv_first):
     """The SLA core on (B*h, N, d) heads, in float32: ``relu(q) (relu(k)^T v) / (relu(q) . sum_j relu(k_j) + 1e-6)``
     (``k`` already carries its positional encoding). No 1/sqrt(d) scale."""
-    q = ops.relu(q).astype(ms.float32)
-    k = ops.relu(k).astype(ms.float32)
-    vf = v.astype(ms.float32)
+    q = as_float32(ops.relu(q))
+    k = as_float32(ops.relu(k))
+    vf = as_float32(v)
     denom = ops.matmul(q, k.sum(axis=1).expand_dims(-1)) + 1e-6  # (B*h, N, 1)
     if kv_first:
         out = ops.matmul(q, ops.matmul(k.transpose(0, 2, 1), vf))
@@ -112,6 +112,6 @@ def sla_heads(q, k, v, num_heads, height, width, dwc, kv_first):
     """SLA over (B, N, C) tokens of one window, N = height * width: split heads, the float32
     core, plus ``dwc`` of v shared by all heads; returns merged (B, N, C) in v's dtype."""
     qh, kh, vh = split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads)
-    out = relu_linear_attention(qh, kh, vh, kv_first).astype(v.dtype)
-    out = out + token_map_conv(dwc, vh, height, width).astype(out.dtype)
+    out = cast_back(relu_linear_attention(qh, kh, vh, kv_first), v.dtype)
+    out = out + cast_back(token_map_conv(dwc, vh, height, width), out.dtype)
     return merge_heads(out, num_heads)
