@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import mindspore as ms
-from mindspore import nn
+from mindspore import nn, ops
 
 import slab_ms
 from slab_ms.engine.config import ConfigError, load_config, parse_overrides
@@ -170,6 +170,38 @@ def test_dynamic_loss_scale_skips_overflowing_steps():
     loss, applied, finite = stepper.step(ms.Tensor(bad), y)
     assert not finite and float(scale.scale_value.asnumpy()) == 2.0 ** 10   # halved, and the update skipped
     assert all(np.array_equal(before[p.name], p.asnumpy()) for p in net.trainable_params())
+
+
+class _Tiny(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Dense(6, 5)
+        self.fc2 = nn.Dense(5, 3)
+
+    def construct(self, x):
+        return self.fc2(ops.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("scale,dynamic,clip", [(1.0, False, None), (1.0, False, 0.05), (1.0, False, 100.0),
+                                                (1024.0, False, 0.05), (256.0, True, 0.05), (256.0, True, None)])
+def test_update_unscales_and_clips_like_the_formula(scale, dynamic, clip):
+    """SGD(lr=1) after one step moves each weight by exactly ``-g * min(1, clip / ||g||)``, g the
+    unscaled gradient: loss scaling leaves no trace and clipping binds to the global L2 norm."""
+    net = _Tiny()
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32))
+    y = ms.Tensor(np.array([0, 2, 1, 2], np.int32))
+    loss_net = NetWithLoss(net, nn.CrossEntropyLoss())
+    params = net.trainable_params()
+    grads = [g.asnumpy().astype(np.float64) for g in ms.grad(loss_net, None, params)(x, y)]
+    before = [p.asnumpy().astype(np.float64) for p in params]
+    norm = np.sqrt(sum((g * g).sum() for g in grads))
+    coef = 1.0 if clip is None else min(1.0, clip / norm)
+    stepper = Stepper(loss_net, nn.SGD(params, learning_rate=1.0), loss_scale=make_loss_scaler(scale, dynamic=dynamic),
+                      clip_value=clip, network=net)
+    _, applied, finite = stepper.step(x, y)
+    assert applied and finite
+    for p, w, g in zip(params, before, grads):
+        np.testing.assert_allclose(p.asnumpy(), w - coef * g, rtol=1e-5, atol=1e-6, err_msg=p.name)
 
 
 @pytest.mark.parametrize("name", ["slab_swin_tiny", "deit_tiny_prepbn", "slab_deit_tiny", "pvt_tiny_prepbn",
