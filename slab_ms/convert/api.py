@@ -37,8 +37,19 @@ def _build(name, overrides):
         raise CheckpointError(f"cannot build {name} with {overrides}: {e}") from None
 
 
-def torch_to_mindspore(input_path, output_path, model=None, overrides=None, key=None, force=False):
-    """Convert a PyTorch checkpoint to a MindSpore ``.ckpt``. Returns ``(name, overrides, n_tensors)``."""
+def torch_to_mindspore(input_path, output_path, model=None, overrides=None, key=None, force=False,
+                       backbone_only=False):
+    """Convert a PyTorch checkpoint to a MindSpore ``.ckpt``. Returns ``(name, overrides, n_tensors)``.
+
+    mmdet detection checkpoints (``backbone.`` keys) and detection backbones go to
+    :mod:`slab_ms.convert.detection` (``backbone_only`` skips a detector's neck and heads)."""
+    from . import hf
+    if hf.is_hf_input(input_path, model):   # a Hugging Face LLaMA folder or file
+        return hf.hf_to_mindspore(input_path, output_path, model, overrides, key, force)
+    from .detection import detection_torch_to_mindspore, wants_detection
+    if wants_detection(model, torch_path=input_path, key=key):
+        r = detection_torch_to_mindspore(input_path, output_path, model, overrides, key, backbone_only, force)
+        return r.name, r.overrides, r.n_tensors
     _check_output(output_path, force)
     sd, _ = extract_state_dict(read_torch_checkpoint(input_path), key=key, path=input_path)
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
@@ -55,7 +66,15 @@ def _torch_shapes_of_ms(params):
 
 
 def mindspore_to_torch(input_path, output_path, model=None, overrides=None, force=False, wrap_key="model"):
-    """Convert a MindSpore ``.ckpt`` to a PyTorch file loadable by the official model with strict=True."""
+    """Convert a MindSpore ``.ckpt`` to a PyTorch file loadable by the official model with strict=True.
+    A detection backbone is written as mmdet saves it (:mod:`slab_ms.convert.detection`)."""
+    from . import hf
+    if hf.is_llama_ms_checkpoint(input_path, model):   # a LLaMA: written as a Hugging Face folder
+        return hf.mindspore_to_hf(input_path, output_path, model, overrides, force)
+    from .detection import detection_mindspore_to_torch, wants_detection
+    if wants_detection(model, ms_path=input_path):
+        r = detection_mindspore_to_torch(input_path, output_path, model, overrides, force)
+        return r.name, r.overrides, r.n_tensors
     _check_output(output_path, force)
     params = model_params(read_ms_checkpoint(input_path))  # a training checkpoint: its model part
     shapes = _torch_shapes_of_ms(params)

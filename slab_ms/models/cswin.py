@@ -267,6 +267,35 @@ class CSWinTransformer(nn.Cell):
     def forward_head(self, x):
         return self.head(x.mean(axis=1))
 
+    @property
+    def feature_info(self):
+        """Per stage ``chs``/``reduction``/``name`` (``features_only``, models/features.py)."""
+        dim = self.stage1_conv_embed[0].out_channels
+        return [dict(chs=dim * 2 ** i, reduction=4 * 2 ** i, name=f"stage{i + 1}") for i in range(4)]
+
+    def _stage_map(self, x, i):
+        r = self.img_size // 4 // 2 ** i
+        return x.reshape(x.shape[0], r, r, x.shape[-1]).transpose(0, 3, 1, 2)
+
+    def forward_stages(self, x):
+        """Each stage's tokens after its blocks (before the next merge) as an NCHW map; no final norm."""
+        x = self.stage1_conv_embed(x)
+        for blk in self.stage1:
+            x = blk(x)
+        s1 = self._stage_map(x, 0)
+        x = self.merge1(x)
+        for blk in self.stage2:
+            x = blk(x)
+        s2 = self._stage_map(x, 1)
+        x = self.merge2(x)
+        for blk in self.stage3:
+            x = blk(x)
+        s3 = self._stage_map(x, 2)
+        x = self.merge3(x)
+        for blk in self.stage4:
+            x = blk(x)
+        return s1, s2, s3, self._stage_map(x, 3)
+
     def construct(self, x):
         return self.forward_head(self.forward_features(x))
 

@@ -177,6 +177,32 @@ class PyramidVisionTransformer(nn.Cell):
     def forward_head(self, x):
         return self.head(x.mean(axis=1))
 
+    @property
+    def feature_info(self):
+        """Per stage ``chs``/``reduction``/``name`` (``features_only``, models/features.py)."""
+        reduction = self.img_size // self.grids[0]
+        return [dict(chs=int(getattr(self, f"pos_embed{i + 1}").shape[-1]), reduction=reduction * 2 ** i,
+                     name=f"block{i + 1}") for i in range(4)]
+
+    def forward_stages(self, x):
+        """Each stage's tokens after its blocks as an NCHW map (what the next patch embedding reads)."""
+        x = self.pos_drop(self.patch_embed1(x) + self.pos_embed1.astype(x.dtype))
+        for blk in self.block1:
+            x = blk(x)
+        s1 = self._to_map(x, 0)
+        x = self.pos_drop(self.patch_embed2(s1) + self.pos_embed2.astype(x.dtype))
+        for blk in self.block2:
+            x = blk(x)
+        s2 = self._to_map(x, 1)
+        x = self.pos_drop(self.patch_embed3(s2) + self.pos_embed3.astype(x.dtype))
+        for blk in self.block3:
+            x = blk(x)
+        s3 = self._to_map(x, 2)
+        x = self.pos_drop(self.patch_embed4(s3) + self.pos_embed4.astype(x.dtype))
+        for blk in self.block4:
+            x = blk(x)
+        return s1, s2, s3, self._to_map(x, 3)
+
     def construct(self, x):
         return self.forward_head(self.forward_features(x))
 

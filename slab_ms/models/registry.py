@@ -35,14 +35,25 @@ def infer_model(shapes):
 
 def build_registered(cls, defaults, pretrained, kwargs):
     """``cls(**defaults updated by kwargs)`` for a registered constructor: refuses ``pretrained``
-    (slab_ms downloads nothing) and accepts mindcv's ``in_channels`` for ``in_chans``."""
+    (slab_ms downloads nothing) and accepts mindcv's ``in_channels`` for ``in_chans``.
+
+    ``features_only=True`` (with optional ``out_indices``) returns the model wrapped in
+    :class:`slab_ms.models.features.FeatureExtractor`, as mindcv's ``create_model`` does."""
     kwargs = dict(kwargs)
     if pretrained:
         raise ValueError("pretrained weights are not downloaded by slab_ms: convert an official checkpoint "
                          "with convert.py and load it with slab_ms.load_checkpoint")
     if "in_channels" in kwargs:
         kwargs["in_chans"] = kwargs.pop("in_channels")
-    return cls(**dict(defaults, **kwargs))
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", None)
+    if out_indices is not None and not features_only:
+        raise ConfigError("out_indices needs features_only=True")
+    model = cls(**dict(defaults, **kwargs))
+    if features_only:
+        from .features import FeatureExtractor
+        model = FeatureExtractor(model, out_indices)
+    return model
 
 
 def register_model(fn):
@@ -50,8 +61,37 @@ def register_model(fn):
     return fn
 
 
-def list_models():
-    return sorted(_MODELS)
+_DETECTION_BACKBONES = set()
+
+
+def register_detection_backbone(fn):
+    """Register a detection backbone (``models/swin_det.py``): built by ``create_model`` like any
+    model, listed by ``list_models("detection")`` rather than with the classifiers."""
+    _DETECTION_BACKBONES.add(fn.__name__)
+    return register_model(fn)
+
+
+_LANGUAGE_MODELS = set()
+
+
+def register_language_model(fn):
+    """Register a language model (``models/llama.py``): built by ``create_model`` like any model,
+    listed by ``list_models("language")`` rather than with the classifiers."""
+    _LANGUAGE_MODELS.add(fn.__name__)
+    return register_model(fn)
+
+
+def list_models(task="classification"):
+    """Registered names: the classification models (default), ``"detection"`` backbones, or ``"all"``."""
+    if task == "all":
+        return sorted(_MODELS)
+    if task == "detection":
+        return sorted(_DETECTION_BACKBONES)
+    if task == "language":
+        return sorted(_LANGUAGE_MODELS)
+    if task == "classification":
+        return sorted(set(_MODELS) - _DETECTION_BACKBONES - _LANGUAGE_MODELS)
+    raise ValueError(f"task must be 'classification', 'detection', 'language' or 'all', got {task!r}")
 
 
 def is_model(name):
@@ -63,7 +103,7 @@ def create_model(name, **overrides):
     ``img_size``, ``num_classes``, ``drop_path_rate``, ``attn_type``, ``window_size``, ...) replace
     the registered defaults."""
     if name not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models('all'))}")
     try:
         return _MODELS[name](**overrides)
     except TypeError as e:  # an override the family does not take

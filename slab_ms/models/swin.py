@@ -293,6 +293,26 @@ class SwinTransformer(nn.Cell):
     def forward_head(self, x):
         return self.head(x.mean(axis=1))
 
+    @property
+    def feature_info(self):
+        """Per stage ``chs``/``reduction``/``name`` (``features_only``, models/features.py)."""
+        p = self.patch_embed.patch_size
+        return [dict(chs=int(self.embed_dim * 2 ** i), reduction=p * 2 ** i, name=f"layers.{i}")
+                for i in range(self.num_layers)]
+
+    def forward_stages(self, x):
+        """Each stage's block output (before its patch merging) as an NCHW map; no final norm."""
+        x = self.pos_drop(self.patch_embed(x))
+        outs = ()
+        for layer in self.layers:
+            for blk in layer.blocks:
+                x = blk(x)
+            h, w = layer.blocks[0].input_resolution
+            outs = outs + (x.reshape(x.shape[0], h, w, x.shape[-1]).transpose(0, 3, 1, 2),)
+            if layer.downsample is not None:
+                x = layer.downsample(x)
+        return outs
+
     def construct(self, x):
         return self.forward_head(self.forward_features(x))
 
