@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from slab_ms.engine.config import SCHEMA, ConfigError, choices_of, load_config, parse_overrides
 
-TOOLS = ("train", "validate", "convert", "export", "infer")
+TOOLS = ("train", "validate", "convert", "export", "infer", "generate")
 
 
 def _run(cmd, cwd=ROOT, env=None, timeout=300):
