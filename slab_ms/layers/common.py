@@ -89,12 +89,14 @@ class DropPath(nn.Cell):
 def chunk_last(t, parts):
     """``parts`` equal slices of the last axis: ``t.reshape(..., parts, c)[..., i, :]`` for each i.
 
-    The same values as indexing the reshaped tensor, but one ``Split`` of the last axis: MindSpore's
+    The same values as indexing the reshaped tensor, but as contiguous range slices: MindSpore's
     CPU StridedSlice takes ~9 ms to pick one index of a middle axis of a stage-1 qkv (1x3136x3x96)
-    (``bench/profile_ops.py``), and a Split's gradient is one Concat where range slices need one
-    full-size StridedSliceGrad each plus their sum (2.3x faster forward + backward on a stage-1
-    batch-8 qkv, and less memory in a training step)."""
-    return ops.split(t, t.shape[-1] // parts, axis=-1)
+    and ~0.3 ms for the equivalent last-axis range (``bench/profile_ops.py``)."""
+    c = t.shape[-1] // parts
+    out = ()
+    for i in range(parts):
+        out = out + (t[..., i * c:(i + 1) * c],)
+    return out
 
 
 def as_float32(x):

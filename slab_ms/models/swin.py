@@ -50,17 +50,11 @@ def shifted_window_mask(resolution, window_size, shift_size):
 
 
 def roll_hw(x, shift):
-    """``torch.roll(x, (shift, shift), dims=(1, 2))`` on (B, H, W, C) by Split and Concat (portable
-    to CPU; both are each other's gradient, where slices would need full-size StridedSliceGrads)."""
+    """``torch.roll(x, (shift, shift), dims=(1, 2))`` on (B, H, W, C) by slicing (portable to CPU)."""
     h, w = x.shape[1], x.shape[2]
     sh, sw = shift % h, shift % w
-    if sh:
-        top, bottom = ops.split(x, (h - sh, sh), axis=1)
-        x = ops.concat((bottom, top), axis=1)
-    if sw:
-        left, right = ops.split(x, (w - sw, sw), axis=2)
-        x = ops.concat((right, left), axis=2)
-    return x
+    x = ops.concat((x[:, h - sh:], x[:, :h - sh]), axis=1)
+    return ops.concat((x[:, :, w - sw:], x[:, :, :w - sw]), axis=2)
 
 
 class WindowAttention(nn.Cell):
