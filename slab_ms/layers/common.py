@@ -23,8 +23,8 @@ class GELU(nn.Cell):
       12-22 ms on a stage-1 hidden tensor of slab_swin_tiny); the ops also export to ONNX and
       MindIR as they are;
     - memory: the gradient is written out here (``bprop``) so that a training step keeps only
-      ``x`` per GELU. MindSpore's erf GELU made slab_swin_tiny's training step hold 1.7 GB more at
-      batch 8 than the same network with the tanh GELU (bench/results/train.md).
+      ``x`` per GELU. With MindSpore's erf GELU (a composite that autodiff expands), our Swin-T
+      training step held 1.7 GB more at batch 8 than with the tanh GELU (README, Training cost).
     """
 
     def __init__(self):

@@ -16,9 +16,9 @@ class TokenBatchNorm(nn.Cell):
 
     Equivalent to ``torch.nn.BatchNorm1d`` applied to the (B, C, N) view: statistics over
     B and N, biased variance for normalization, unbiased variance in the running average,
-    torch momentum 0.1 (MindSpore momentum 0.9). Written out instead of ``nn.BatchNorm1d``
-    because PRepBN must be able to skip the running-statistics update (its warm-up phase
-    never calls the BN in upstream) and because ``num_batches_tracked`` is part of the
+    torch momentum 0.1. A cell of its own around the ``BatchNorm`` primitive instead of
+    ``nn.BatchNorm1d`` because PRepBN must be able to keep the running statistics (its warm-up
+    phase never calls the BN in upstream) and because ``num_batches_tracked`` is part of the
     checkpoint layout. Statistics are always computed in float32, also under AMP.
     """
 
