@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -43,7 +44,7 @@ def _median_after_first(fn, repeats):
     return first, statistics.median(runs)
 
 
-def run_ms(model, variant, prefills, new_tokens, repeats, threads):
+def run_ms(model, variant, prefills, new_tokens, repeats, threads, profile_tokens=0):
     import slab_ms
     import mindspore as ms
     from slab_ms.generation import (GenerationStats, _bias, _cache_index, _positions, _round_up, generate,
@@ -82,10 +83,72 @@ def run_ms(model, variant, prefills, new_tokens, repeats, threads):
     out["decode_tokens_per_s"] = stats.decode_tokens_per_s
     out["compile_s"] = compile_s + (warm.step_s[0] - step)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if profile_tokens:
+        out["profile"] = profile_ms_decode(net, rng, cfg, profile_tokens)
     return out
 
 
-def run_torch(model, variant, prefills, new_tokens, repeats, threads):
+NORM_SCOPE = re.compile(r"/(input_layernorm|post_attention_layernorm|norm)-")
+
+
+def profile_ms_decode(net, rng, cfg, new_tokens):
+    """MindSpore's profiler over a generation of ``new_tokens`` after an 8-token prompt (the prefill
+    is about one decode step of work): the share of op time inside the norm cells (scopes
+    ``input_layernorm``, ``post_attention_layernorm``, the final ``norm``), and the op types that
+    take the most time."""
+    import csv
+    import glob
+    import shutil
+    import tempfile
+    from mindspore import Profiler
+    from slab_ms.generation import generate
+    prompt = rng.integers(3, cfg["vocab_size"], size=(1, 8))
+    generate(net, prompt, max_new_tokens=2, eos_token_id=None)   # compile outside the profile
+    where = tempfile.mkdtemp(prefix="bench_lm_profile_")
+    try:
+        prof = Profiler(output_path=where)
+        generate(net, prompt, max_new_tokens=new_tokens, eos_token_id=None)
+        prof.stop()
+        prof.analyse()
+        total, norms, by_type = 0.0, 0.0, {}
+        for path in glob.glob(os.path.join(where, "**", "cpu_op_detail_info_*.csv"), recursive=True):
+            with open(path) as f:
+                for row in csv.DictReader(f):
+                    t = float(row["op_total_time(ms)"])
+                    total += t
+                    by_type[row["op_type"]] = by_type.get(row["op_type"], 0.0) + t
+                    if NORM_SCOPE.search(row["full_op_name"]):
+                        norms += t
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    top = sorted(by_type.items(), key=lambda kv: -kv[1])[:4]
+    return {"op_ms": total, "norm_share": norms / total if total else None,
+            "top_ops": [[k, v / total] for k, v in top]}
+
+
+def profile_torch_decode(net, past, logits, start, new_tokens):
+    """Wall time inside the norm modules (forward hooks) over ``new_tokens`` decode steps, as a share of
+    the steps' time (PyTorch's CPU ops run synchronously)."""
+    import torch
+    spent = [0.0]
+    marks = {}
+    handles = []
+    for name, module in net.named_modules():
+        if name.endswith(("input_layernorm", "post_attention_layernorm")) or name == "model.norm":
+            handles.append(module.register_forward_pre_hook(lambda m, a: marks.__setitem__(id(m), time.perf_counter())))
+            handles.append(module.register_forward_hook(
+                lambda m, a, o: spent.__setitem__(0, spent[0] + time.perf_counter() - marks[id(m)])))
+    t = time.perf_counter()
+    for i in range(new_tokens):
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        logits = net(nxt, None, torch.full((1, 1), start + i), past)
+    total = time.perf_counter() - t
+    for h in handles:
+        h.remove()
+    return {"norm_share": spent[0] / total}
+
+
+def run_torch(model, variant, prefills, new_tokens, repeats, threads, profile_tokens=0):
     import torch
     from torch_ref import llama as ref_llama
     torch.set_num_threads(threads)
@@ -110,6 +173,8 @@ def run_torch(model, variant, prefills, new_tokens, repeats, threads):
             pos = torch.full((1, 1), PROMPT + i)
             logits = net(nxt, None, pos, past)
             steps.append(time.perf_counter() - t)
+        if profile_tokens:
+            out["profile"] = profile_torch_decode(net, past, logits, PROMPT + new_tokens, profile_tokens)
     out["decode_tokens_per_s"] = len(steps[1:]) / sum(steps[1:])
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
@@ -118,7 +183,8 @@ def run_torch(model, variant, prefills, new_tokens, repeats, threads):
 def in_subprocess(args, framework, variant):
     job = json.dumps([framework, variant])
     cmd = [sys.executable, os.path.abspath(__file__), "--job", job, "--model", args.model, "--prefill", args.prefill,
-           "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+           "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats), "--threads", str(args.threads),
+           "--profile-tokens", str(args.profile_tokens)]
     p = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
     if p.returncode != 0 or not lines:
@@ -133,13 +199,16 @@ def write_results(args, results, machine):
     rows = []
     for (framework, variant), r in results:
         if "error" in r:
-            rows.append(f"| {framework} {variant} | error: {r['error']} |" + " |" * (len(prefills) + 3))
+            rows.append(f"| {framework} {variant} | error: {r['error']} |" + " |" * (len(prefills) + 5))
             continue
         pre = " | ".join(f"{r['prefill_ms'][str(p)] if str(p) in r['prefill_ms'] else r['prefill_ms'][p]:.0f}"
                          for p in prefills)
         comp = "-" if r.get("compile_s") is None else f"{r['compile_s']:.1f}"
+        share = r.get("profile", {}).get("norm_share")
+        share = "-" if share is None else f"{100 * share:.1f}%"
+        top = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r.get("profile", {}).get("top_ops", []))
         rows.append(f"| {framework} {variant} | {pre} | {r['decode_tokens_per_s']:.2f} | {comp} | "
-                    f"{r['peak_rss_mb']:.0f} |")
+                    f"{r['peak_rss_mb']:.0f} | {share} | {top or '-'} |")
     by = {f"{f} {v}": r for (f, v), r in results if "error" not in r}
     ratios = []
 
@@ -152,9 +221,10 @@ def write_results(args, results, machine):
     ratio("ms prepbn fused", "ms rmsnorm")
     ratio("ms prepbn fused", "ms prepbn")
     head = "| row | " + " | ".join(f"prefill {p} (ms)" for p in prefills) + \
-        f" | decode tokens/s ({args.new_tokens} new, cache) | compile (s) | peak RSS (MB) |"
+        f" | decode tokens/s ({args.new_tokens} new, cache) | compile (s) | peak RSS (MB) | decode time in norms |" \
+        " top op types (MindSpore profiler) |"
     text = "\n".join([f"# {args.model} generation speed, batch 1 ({stamp}; {machine})", "", head,
-                      "|" + "---|" * (len(prefills) + 4), *rows, "", *ratios, ""])
+                      "|" + "---|" * (len(prefills) + 6), *rows, "", *ratios, ""])
     with open(os.path.join(args.out, "lm.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "lm.json"), "w") as f:
@@ -190,13 +260,16 @@ def main(argv=None):
     p.add_argument("--rows", default=",".join(f"{f}:{v}" for f, v in ROWS),
                    help="comma-separated framework:variant rows")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    p.add_argument("--profile-tokens", type=int, default=16,
+                   help="decode tokens profiled per row for the share of time in norms (0: no profile)")
     p.add_argument("--job", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     prefills = [int(x) for x in args.prefill.split(",")]
     if args.job:
         framework, variant = json.loads(args.job)
         fn = run_ms if framework == "ms" else run_torch
-        print(json.dumps(fn(args.model, variant, prefills, args.new_tokens, args.repeats, args.threads)))
+        print(json.dumps(fn(args.model, variant, prefills, args.new_tokens, args.repeats, args.threads,
+                            args.profile_tokens)))
         return 0
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads {args.threads}"
     load_start = os.getloadavg()[0]
