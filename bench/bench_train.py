@@ -131,8 +131,8 @@ def _fmt(v, spec):
 
 
 def table(rows, batch):
-    lines = [f"| model | row | step s | first call s | peak RSS GB | step vs mindcv | first call vs mindcv | "
-             f"RSS vs mindcv |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | row | step s | first call s | peak RSS GB | step vs mindcv | first call vs mindcv | "
+             "RSS vs mindcv |", "|---|---|---|---|---|---|---|---|"]
     for (name, label), r in rows.items():
         base = rows.get((name, "mindcv"))
         ratios = []

@@ -7,7 +7,6 @@ Upstream: ``SimplifiedLinearAttention`` in ``classification/models/slab_swin.py`
 import math
 
 import numpy as np
-import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .common import as_float32, cast_back, chunk_last
