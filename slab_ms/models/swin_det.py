@@ -42,7 +42,7 @@ from ..layers.prepbn import PRepBN, RepBN
 from ..layers.reparam import fold_norm, is_foldable, norm_affine
 from ..layers.sla import SimplifiedLinearAttention
 from .registry import register_detection_backbone
-from .swin import WindowAttention
+from .swin import WindowAttention, roll_hw
 
 
 # ----------------------------------------------------------------------------------- norms
@@ -143,22 +143,6 @@ def pad_bottom_right(x, pad_b, pad_r, axis, dynamic=False):
         return ops.concat((x, ops.zeros((s[0], s[1], s[2] + pad_b, pad_r), x.dtype)), axis=3)
     x = ops.concat((x, ops.zeros((s[0], pad_b, s[2], s[3]), x.dtype)), axis=1)
     return ops.concat((x, ops.zeros((s[0], s[1] + pad_b, pad_r, s[3]), x.dtype)), axis=2)
-
-
-def roll_windows(x, shift, dynamic=False):
-    """``torch.roll(x, (shift, shift), dims=(1, 2))`` on a padded (B, Hp, Wp, C) map, 0 < shift < Hp, Wp.
-
-    Static shapes: Split and Concat (each other's gradient). ``dynamic``: slices, which take
-    graph-time sizes (a Split with unknown sizes does not run on CPU)."""
-    h, w = x.shape[1], x.shape[2]
-    sh, sw = shift % h, shift % w
-    if dynamic:
-        x = ops.concat((x[:, h - sh:], x[:, :h - sh]), axis=1)
-        return ops.concat((x[:, :, w - sw:], x[:, :, :w - sw]), axis=2)
-    top, bottom = ops.split(x, (h - sh, sh), axis=1)
-    x = ops.concat((bottom, top), axis=1)
-    left, right = ops.split(x, (w - sw, sw), axis=2)
-    return ops.concat((right, left), axis=2)
 
 
 def _ceil_to(n, multiple):
@@ -273,7 +257,7 @@ class DetSwinBlock(nn.Cell):
         x = pad_bottom_right(x, pad_b, pad_r, 1, self.dynamic_hw)
         hp, wp = h + pad_b, w + pad_r
         if self.shift_size > 0:
-            x = roll_windows(x, -self.shift_size, self.dynamic_hw)
+            x = roll_hw(x, -self.shift_size)   # slices: static and dynamic shapes alike
         windows = window_partition(x, ws)
         if self.shift_size > 0 and self.attn_type == "S":
             windows = self.attn(windows, mask)
@@ -281,7 +265,7 @@ class DetSwinBlock(nn.Cell):
             windows = self.attn(windows)
         x = window_reverse(windows, b, hp, wp, ws)
         if self.shift_size > 0:
-            x = roll_windows(x, self.shift_size, self.dynamic_hw)
+            x = roll_hw(x, self.shift_size)
         if self.dynamic_hw or pad_b > 0 or pad_r > 0:
             x = x[:, :h, :w, :]
         x = shortcut + self.drop_path(x.reshape(b, length, c))
