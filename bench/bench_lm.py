@@ -28,20 +28,10 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from timing import timed  # noqa: E402  (same directory)
+
 ROWS = [("ms", "rmsnorm"), ("ms", "prepbn"), ("ms", "prepbn fused"), ("torch", "rmsnorm"), ("torch", "prepbn")]
 PROMPT = 128
-
-
-def _median_after_first(fn, repeats):
-    t = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t)
-    return first, statistics.median(runs)
 
 
 def run_ms(model, variant, prefills, new_tokens, repeats, threads, profile_tokens=0):
@@ -70,7 +60,7 @@ def run_ms(model, variant, prefills, new_tokens, repeats, threads, profile_token
         args = (ms.Tensor(ids.astype(np.int32)), ms.Tensor(_positions(mask).astype(np.int32)),
                 ms.Tensor(_bias(key_mask, np.arange(p))),
                 ms.Tensor(_cache_index(1, cfg["num_attention_heads"], np.arange(p))))
-        first, median = _median_after_first(lambda: runner(*args).asnumpy(), repeats)
+        first, median = timed(lambda: runner(*args).asnumpy(), repeats, warmup=0)
         out["prefill_ms"][p] = 1000 * median
         if p == PROMPT:
             compile_s += first - median
@@ -160,8 +150,8 @@ def run_torch(model, variant, prefills, new_tokens, repeats, threads, profile_to
     with torch.no_grad():
         for p in prefills:
             ids = torch.from_numpy(rng.integers(3, cfg["vocab_size"], size=(1, p)))
-            _, median = _median_after_first(lambda: net(ids, None, None, [[None, None] for _ in net.model.layers]),
-                                            repeats)
+            _, median = timed(lambda: net(ids, None, None, [[None, None] for _ in net.model.layers]),
+                              repeats, warmup=0)
             out["prefill_ms"][p] = 1000 * median
         ids = torch.from_numpy(rng.integers(3, cfg["vocab_size"], size=(1, PROMPT)))
         past = [[None, None] for _ in net.model.layers]

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -31,26 +30,12 @@ sys.path.insert(0, ROOT)
 import slab_ms  # noqa: E402  (oneDNN ISA before MindSpore loads)
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
+from timing import timed  # noqa: E402,F401  (same directory; profile_ops imports it from here)
 
 PUBLISHED_TOP1 = {"slab_swin_tiny": 81.8, "slab_swin_small": 83.6, "swin_tiny_prepbn": 81.4,
                   "deit_tiny_prepbn": 73.6, "deit_small_prepbn": 80.2, "slab_deit_tiny": 74.3,
                   "slab_deit_small": 80.0, "pvt_tiny_prepbn": 76.0, "pvt_small_prepbn": 80.1,
                   "pvt_medium_prepbn": 81.7, "slab_pvt_tiny": 76.5, "slab_cswin_tiny": 82.8}
-
-
-def timed(fn, repeats, warmup=1):
-    """``(first_call_s, median_s)``: the first call alone, then the median of ``repeats``."""
-    t = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t
-    for _ in range(warmup):
-        fn()
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t)
-    return first, statistics.median(runs)
 
 
 def measure(call, batches, repeats, size):

@@ -1,0 +1,20 @@
+"""The one timing rule of the benchmarks, without heavy imports (PyTorch-only jobs import it too,
+so MindSpore must not load with it)."""
+import statistics
+import time
+
+
+def timed(fn, repeats, warmup=1):
+    """``(first_call_s, median_s)``: the first call alone, ``warmup`` untimed calls, then the
+    median of ``repeats`` timed calls."""
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    for _ in range(warmup):
+        fn()
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return first, statistics.median(runs)
