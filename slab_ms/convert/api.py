@@ -10,13 +10,13 @@ from .mapping import ms_to_torch, ms_to_torch_name, torch_to_ms
 from .torch_io import extract_state_dict, read_torch_checkpoint, write_torch_state_dict
 
 
-def resolve_architecture(model, overrides, shapes, path):
-    """``(name, overrides)``: as given, or inferred from the checkpoint's keys and shapes."""
+def resolve_architecture(model, overrides, shapes, path, infer=infer_model, what="the architecture"):
+    """``(name, overrides)``: as given, or inferred from the checkpoint's keys and shapes by ``infer``."""
     if model:
         return model, dict(overrides or {})
-    found = infer_model(shapes)
+    found = infer(shapes)
     if found is None:
-        raise CheckpointError(f"{path}: cannot infer the architecture from its keys; pass --model")
+        raise CheckpointError(f"{path}: cannot infer {what} from its keys; pass --model")
     name, inferred = found
     inferred.update(overrides or {})
     return name, inferred

@@ -151,14 +151,8 @@ def infer_detection_config(shapes):
 
 
 def _resolve(model, overrides, shapes, path):
-    if model:
-        return model, dict(overrides or {})
-    found = infer_detection_config(shapes)
-    if found is None:
-        raise CheckpointError(f"{path}: cannot infer a detection backbone from its keys; pass --model")
-    name, inferred = found
-    inferred.update(overrides or {})
-    return name, inferred
+    from .api import resolve_architecture
+    return resolve_architecture(model, overrides, shapes, path, infer_detection_config, "a detection backbone")
 
 
 def _build(name, overrides):

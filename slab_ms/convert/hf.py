@@ -23,6 +23,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..checkpoint import load_param_dict, model_params, read_ms_checkpoint, save_ms_checkpoint
+from ..engine.report import write_json   # atomic (temp file + rename)
 from ..errors import CheckpointError, ConfigError
 from ..models.llama import LLAMA_DEFAULTS, LlamaForCausalLM, infer_llama_config, is_llama_layout, rotary_inv_freq
 from ..models.registry import create_model, is_model, list_models
@@ -233,18 +234,6 @@ def load_hf_params(path, model=None, overrides=None, key=None):
     return name, overrides, net, params, config
 
 
-def _atomic_json(obj, path):
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def hf_to_mindspore(input_path, output_path, model=None, overrides=None, key=None, force=False):
     """HF LLaMA (folder or file) -> ``output_path`` (.ckpt) and its ``.config.json``.
     Returns ``(name, overrides, n_tensors)``."""
@@ -260,7 +249,7 @@ def hf_to_mindspore(input_path, output_path, model=None, overrides=None, key=Non
               "hf_config": config if config is not None else hf_config_for(net)}
     save_ms_checkpoint(params, output_path)
     try:
-        _atomic_json(record, side)
+        write_json(side, record)
     except BaseException:
         os.remove(output_path)
         raise
