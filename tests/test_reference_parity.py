@@ -10,15 +10,22 @@ from slab_ms.convert.api import torch_to_mindspore
 from slab_ms.convert.mapping import ms_to_torch_name
 from torch_helpers import build_random
 
-@pytest.mark.parametrize("name", sorted(SMALL_VARIANTS))
-def test_mindspore_matches_pytorch_reference(name, tmp_path):
+def reference_and_converted(name, seed, tmp_path):
+    """A small variant of ``name`` with random weights in the PyTorch reference, and the same
+    weights in MindSpore through convert.py's torch -> MindSpore path."""
     overrides = dict(SMALL_VARIANTS[name], num_classes=7, drop_path_rate=0.0)
-    ref = build_random(name, seed=3, **overrides)
+    ref = build_random(name, seed=seed, **overrides)
     pth, ckpt = tmp_path / "ref.pth", tmp_path / "ms.ckpt"
     torch.save({"model": ref.state_dict()}, pth)
     torch_to_mindspore(str(pth), str(ckpt), model=name, overrides=overrides)
     net = slab_ms.create_model(name, **overrides)
     slab_ms.load_checkpoint(net, str(ckpt))
+    return ref, net
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_VARIANTS))
+def test_mindspore_matches_pytorch_reference(name, tmp_path):
+    ref, net = reference_and_converted(name, 3, tmp_path)
     x = np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32)
 
     ref.eval()
@@ -47,13 +54,7 @@ def test_mindspore_matches_pytorch_reference(name, tmp_path):
 def test_training_gradients_match_pytorch_reference(name, tmp_path):
     """One training step's loss and the gradient of every parameter equal PyTorch's (PRepBN mid-schedule:
     LayerNorm and the BatchNorm branch both carry gradient; BN uses this batch's statistics)."""
-    overrides = dict(SMALL_VARIANTS[name], num_classes=7, drop_path_rate=0.0)
-    ref = build_random(name, seed=5, **overrides)
-    pth, ckpt = tmp_path / "ref.pth", tmp_path / "ms.ckpt"
-    torch.save({"model": ref.state_dict()}, pth)
-    torch_to_mindspore(str(pth), str(ckpt), model=name, overrides=overrides)
-    net = slab_ms.create_model(name, **overrides)
-    slab_ms.load_checkpoint(net, str(ckpt))
+    ref, net = reference_and_converted(name, 5, tmp_path)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 224, 224)).astype(np.float32)
     y = np.array([1, 5])
