@@ -1,6 +1,9 @@
 """Evaluate a checkpoint on the validation split: ``python validate.py --config configs/X.yaml --ckpt_path Y.ckpt``.
 
-Accepts a model checkpoint or a training checkpoint (``--use_ema`` evaluates its EMA weights).
+Accepts a model checkpoint or a training checkpoint (``--use_ema`` evaluates its EMA weights);
+``--reparam`` folds every RepBN/PRepBN into the linear layers first (the deployed model).
+A language model (``configs/*llama*.yaml``) reports the perplexity of the text split instead
+of top-1/top-5.
 Any config key may be overridden (``--data_dir``, ``--batch_size``, ...). Preprocessing is the
 evaluation transform of train.py (resize to image_resize / crop_pct, centre crop, normalise).
 Image files that cannot be decoded are skipped and counted, never replaced by another image.
@@ -16,7 +19,9 @@ from . import report
 def _extra(p):
     p.add_argument("--use_ema", "--use-ema", dest="use_ema", nargs="?", const="true", default="false",
                    metavar="{true,false}", help="evaluate the EMA weights of a training checkpoint")
-    p.add_argument("--split", help="sub-folder to evaluate (default: val_split)")
+    p.add_argument("--split", help="sub-folder to evaluate (default: val_split); text: train or val")
+    p.add_argument("--reparam", nargs="?", const="true", default="false", metavar="{true,false}",
+                   help="fold RepBN/PRepBN into the neighbouring linear layers before evaluating")
 
 
 def main(argv=None):
@@ -26,11 +31,12 @@ def main(argv=None):
                          sys.argv[1:] if argv is None else argv)
         use_ema = parse_bool("use_ema", got.pop("use_ema"))
         split = got.pop("split", None)
+        reparam = parse_bool("reparam", got.pop("reparam"))
         cfg = load_config(got.pop("config", None), got)
         if not cfg.ckpt_path:
             raise errors.ConfigError("--ckpt_path is required")
         from ..engine.trainer import validate_checkpoint
-        result = validate_checkpoint(cfg, split=split, use_ema=use_ema)
+        result = validate_checkpoint(cfg, split=split, use_ema=use_ema, reparam=reparam)
     except errors.SlabError as e:
         return report(e)
     print(json.dumps(result))

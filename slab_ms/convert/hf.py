@@ -245,8 +245,7 @@ def hf_to_mindspore(input_path, output_path, model=None, overrides=None, key=Non
     if not os.path.isdir(directory):
         raise CheckpointError(f"output directory {directory} does not exist")
     name, overrides, net, params, config = load_hf_params(input_path, model, overrides, key)
-    record = {"format": "slab_ms.llama/1", "model": name, "overrides": overrides,
-              "hf_config": config if config is not None else hf_config_for(net)}
+    record = sidecar_record(name, overrides, config if config is not None else hf_config_for(net))
     save_ms_checkpoint(params, output_path)
     try:
         write_json(side, record)
@@ -276,6 +275,12 @@ def hf_config_for(net, base=None):
     if cfg["rope_theta"] != 10000.0 or "rope_theta" in out:
         out["rope_theta"] = cfg["rope_theta"]
     return dict(sorted(out.items()))
+
+
+def sidecar_record(name, overrides, hf_config):
+    """The ``X.config.json`` written next to a LLaMA ``X.ckpt`` (by convert.py and train.py): the
+    registered model and its constructor overrides, which rebuild it, and an HF config.json."""
+    return {"format": "slab_ms.llama/1", "model": name, "overrides": dict(overrides), "hf_config": hf_config}
 
 
 def read_sidecar(ckpt_path, config_path=None):

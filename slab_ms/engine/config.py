@@ -8,6 +8,7 @@ import argparse
 import ast
 import difflib
 import os
+import sys
 
 import yaml
 
@@ -33,8 +34,10 @@ SCHEMA = {
     "resume": ("", "str", "resume a run: a training checkpoint, or 'auto' for the newest in ckpt_save_dir"),
     "pretrained": (False, "bool", "mindcv key; SLAB weights are converted with convert.py instead"),
     # data
-    "dataset": ("imagenet", "str", "imagenet: any ImageFolder tree with train/ and val/", ("imagenet",)),
-    "data_dir": ("./", "str", "dataset root holding train_split/ and val_split/"),
+    "dataset": ("auto", "str", "imagenet: any ImageFolder tree with train/ and val/; text: a corpus for a language "
+                               "model; auto: text for a language model, else imagenet", ("auto", "imagenet", "text")),
+    "data_dir": ("./", "str", "dataset root holding train_split/ and val_split/; for text, the corpus: a text file "
+                              "(documents separated by blank lines), a folder of .txt files or a JSON-lines file"),
     "train_split": ("train", "str", "training sub-folder"),
     "val_split": ("val", "str", "validation sub-folder"),
     "max_bad_images": (100, "int", "image files per split that may fail the start-up content check or the decode "
@@ -53,6 +56,19 @@ SCHEMA = {
     "num_samples": (None, "int", "use only this many training images (per shard)"),
     "batch_size": (128, "int", "images per device per micro-step"),
     "drop_remainder": (True, "bool", "drop the last incomplete training batch"),
+    # text (language models)
+    "tokenizer": ("", "str", "text: SentencePiece model file (scripts/train_tokenizer.py makes one); its vocabulary "
+                             "must equal the model's"),
+    "text_field": ("text", "str", "text: the field of a JSON-lines corpus that holds the text"),
+    "seq_length": (512, "int", "text: tokens per training block (at most the model's max_position_embeddings)"),
+    "val_fraction": (0.05, "float", "text: every round(1/val_fraction)-th document is validation data"),
+    "token_cache_dir": ("", "str", "text: folder of the tokenised corpus cache (default: <data_dir>.slab_tokens "
+                                   "beside the data)"),
+    "max_steps": (None, "int", "text: stop after this many optimizer steps (default: epoch_size passes over "
+                               "the corpus)"),
+    "warmup_steps": (None, "int", "linear warm-up in optimizer steps (replaces warmup_epochs when set)"),
+    "ckpt_save_steps": (0, "int", "text: also save a training checkpoint every N optimizer steps (0: per epoch "
+                                  "only); resume continues from the same step"),
     # augmentation
     "image_resize": (224, "int", "network input size"),
     "scale": ([0.08, 1.0], "list", "random-resized-crop area range"),
@@ -131,6 +147,8 @@ SCHEMA = {
     "prepbn_fraction": (None, "float", "PRepBN schedule as a fraction of the run's optimizer steps"),
     "prepbn_warm": (0, "int", "optimizer steps of pure LayerNorm before the schedule"),
     "bn_recalibrate_epochs": (0, "int", "epochs of BN statistics re-estimation after training"),
+    "bn_recalibrate_batches": (None, "int", "text: at most this many batches per rank for the BN re-estimation "
+                                            "(default: bn_recalibrate_epochs whole passes)"),
     "plot": (True, "bool", "write curves.png at the end"),
 }
 
@@ -342,7 +360,7 @@ def validate(cfg):
         raise ConfigError(f"prepbn_fraction must be in (0, 1], got {cfg.prepbn_fraction}")
     if cfg.prepbn_warm < 0 or cfg.bn_recalibrate_epochs < 0:
         raise ConfigError("prepbn_warm and bn_recalibrate_epochs must be >= 0")
-    if cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epoch_size:
+    if cfg.warmup_steps is None and (cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epoch_size):
         raise ConfigError(f"warmup_epochs {cfg.warmup_epochs} must be within 0..epoch_size ({cfg.epoch_size})")
     if cfg.pretrained:
         raise ConfigError("pretrained: SLAB weights are not downloaded; convert an official checkpoint with "
@@ -351,6 +369,18 @@ def validate(cfg):
         raise ConfigError(f"loss_scale must be >= 1, got {cfg.loss_scale}")
     if cfg.ema and not 0 < cfg.ema_decay < 1:
         raise ConfigError(f"ema_decay must be in (0, 1), got {cfg.ema_decay}")
+    if cfg.seq_length < 2:
+        raise ConfigError(f"seq_length must be >= 2, got {cfg.seq_length}")
+    if cfg.max_steps is not None and cfg.max_steps <= 0:
+        raise ConfigError(f"max_steps must be > 0, got {cfg.max_steps}")
+    if cfg.warmup_steps is not None and cfg.warmup_steps < 0:
+        raise ConfigError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+    if cfg.bn_recalibrate_batches is not None and cfg.bn_recalibrate_batches <= 0:
+        raise ConfigError(f"bn_recalibrate_batches must be > 0, got {cfg.bn_recalibrate_batches}")
+    if cfg.ckpt_save_steps < 0:
+        raise ConfigError(f"ckpt_save_steps must be >= 0, got {cfg.ckpt_save_steps}")
+    if not 0 < cfg.val_fraction <= 0.5:
+        raise ConfigError(f"val_fraction must be in (0, 0.5], got {cfg.val_fraction}")
     for k in ("scale", "ratio", "re_scale", "re_ratio"):
         if len(cfg[k]) != 2:
             raise ConfigError(f"{k} must be a pair [low, high], got {cfg[k]}")
@@ -358,7 +388,8 @@ def validate(cfg):
 
 def main(argv=None):
     """``python -m slab_ms.engine.config CONFIG [--get KEY] [--check-data] [overrides]``: what the launch
-    scripts ask before starting workers (a value; whether the data tree fits the config)."""
+    scripts ask before starting workers (a value; whether the data tree fits the config; for a
+    language model, the tokenised corpus, built once here)."""
     def extra(p):
         p.add_argument("config_file", metavar="CONFIG")
         p.add_argument("--get", metavar="KEY", help="print this key's value")
@@ -370,9 +401,13 @@ def main(argv=None):
     got.pop("config", None)
     cfg = load_config(path, got)
     if check:
-        from .data import check_image_folder
-        for split in run_splits(cfg):
-            check_image_folder(cfg.data_dir, split, cfg.num_classes, -1)
+        from .lm_trainer import build_lm, is_language_config, load_text
+        if is_language_config(cfg):   # tokenises the corpus once, so the workers find the cache
+            load_text(cfg, build_lm(cfg).config, log=lambda m: print(m, file=sys.stderr))
+        else:
+            from .data import check_image_folder
+            for split in run_splits(cfg):
+                check_image_folder(cfg.data_dir, split, cfg.num_classes, -1)
     if key is not None:
         if key not in cfg:
             raise _unknown(key, "--get")
@@ -380,7 +415,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    import sys
     try:
         main()
     except ConfigError as e:

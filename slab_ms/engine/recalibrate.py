@@ -14,10 +14,14 @@ from .schedule import prepbn_cells
 from .train_step import Logits
 
 
-def recalibrate_bn(net, batches):
-    """Run ``batches`` (an iterable of image tensors) and set every TokenBatchNorm's running
-    statistics to the mean of its per-batch statistics; returns the number of batches used.
-    In a data-parallel run each rank does its shard and the caller averages over ranks."""
+def recalibrate_bn(net, batches, forward=None):
+    """Run ``batches`` (an iterable of image tensors, or of argument tuples for ``forward``) and
+    set every TokenBatchNorm's running statistics to the mean of its per-batch statistics; returns
+    the number of batches used. ``forward`` wraps ``net`` (default :class:`Logits`; a language
+    model passes ``lm.TokenNLL`` and ``(ids, mask)`` pairs, so padding stays out of the
+    statistics). PRepBN counters (which move on training forwards) are restored afterwards: they
+    record training only. In a data-parallel run each rank does its shard and the caller averages
+    over ranks."""
     for cell in prepbn_cells(net):
         if cell.lam() != 0.0:
             raise ValueError("recalibrate_bn: a PRepBN schedule has not finished (lambda "
@@ -26,8 +30,10 @@ def recalibrate_bn(net, batches):
     if not bns:
         return 0
     saved = [(c.momentum, int(c.num_batches_tracked.asnumpy())) for c in bns]
+    counters = [(p, p.asnumpy().copy()) for cell in prepbn_cells(net) for p in cell.get_parameters()
+                if p.dtype == ms.int64]
     sums = [[np.zeros(c.num_features, np.float64), np.zeros(c.num_features, np.float64)] for c in bns]
-    runner = Logits(net)
+    runner = (forward or Logits)(net)
     net.set_train(True)
     for _, c in net.cells_and_names():   # eval behaviour everywhere but the statistics
         if isinstance(c, (DropPath, nn.Dropout)):
@@ -37,7 +43,7 @@ def recalibrate_bn(net, batches):
     n = 0
     try:
         for x in batches:
-            runner(x)
+            runner(*x) if isinstance(x, tuple) else runner(x)
             for c, s in zip(bns, sums):
                 s[0] += c.moving_mean.asnumpy()
                 s[1] += c.moving_variance.asnumpy()
@@ -45,6 +51,8 @@ def recalibrate_bn(net, batches):
     finally:
         for c, (m, _) in zip(bns, saved):
             c.momentum = m
+        for p, value in counters:
+            p.set_data(ms.Tensor(value))
         net.set_train(False)
     if n == 0:
         raise ValueError("recalibrate_bn: no batches")

@@ -3,6 +3,8 @@
 Every PRepBN module moves its counters by one per training forward. With gradient accumulation
 an optimizer step is ``k`` forwards, so the modules are given ``k`` times the planned steps: the
 LayerNorm weight lambda then reaches 0 after exactly the planned number of optimizer steps.
+The LLaMA PRepBN counts in periods of 16 forwards (upstream's gating): the plan is rounded up to
+whole periods (``LlamaPRepBN.counters_for``) and must still finish within the run.
 """
 from ..layers.prepbn import PRepBN
 from ..errors import ConfigError
@@ -36,13 +38,29 @@ def plan_schedule(cfg, net, total_opt_steps):
             f"the PRepBN schedule ({origin}: {warm} warm-up + {steps} optimizer steps) ends after the run "
             f"({total_opt_steps} optimizer steps), so LayerNorm would still be mixed in at the end; "
             f"set prepbn_steps <= {total_opt_steps - warm} or prepbn_fraction <= 1")
+    k = cfg.gradient_accumulation_steps
+    counters = cells[0].counters_for(steps * k, warm * k)
+    finish = cells[0].forwards_to_finish(*counters)
+    if finish > total_opt_steps * k:
+        raise ConfigError(
+            f"the PRepBN schedule ({warm} warm-up + {steps} optimizer steps, {k} forwards each) becomes counters "
+            f"total_step {counters[0]}, warm {counters[1]} of {type(cells[0]).__name__}, which reach lambda 0 at "
+            f"training forward {finish}, after the run's {total_opt_steps * k}; shorten prepbn_steps or "
+            "prepbn_warm")
     return steps, warm
 
 
+def schedule_counters(net, steps, warm, accumulation=1):
+    """``(total_step, warm)`` counter values that :func:`apply_schedule` sets (None without PRepBN)."""
+    cells = prepbn_cells(net)
+    return cells[0].counters_for(steps * accumulation, warm * accumulation) if cells else None
+
+
 def apply_schedule(net, steps, warm, accumulation=1):
-    """Restart every PRepBN module's counters for ``steps`` optimizer steps after ``warm``."""
+    """Restart every PRepBN module's counters for ``steps`` optimizer steps after ``warm``
+    (``accumulation`` forwards per optimizer step, translated by the module's ``counters_for``)."""
     for cell in prepbn_cells(net):
-        cell.set_schedule(steps * accumulation, warm * accumulation)
+        cell.set_schedule(*cell.counters_for(steps * accumulation, warm * accumulation))
 
 
 def current_lambda(net):

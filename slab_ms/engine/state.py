@@ -17,7 +17,8 @@ from ..checkpoint import load_param_dict, model_params, read_ms_checkpoint, save
 from ..errors import CheckpointError
 
 META_KEYS = ("epoch", "step", "world_size", "best_top1", "best_epoch", "prepbn_steps", "prepbn_warm",
-             "accumulation")
+             "accumulation", "best_val_loss")
+FLOAT_META = ("best_top1", "best_val_loss")
 
 
 def _optimizer_params(optimizer, model_names):
@@ -37,7 +38,7 @@ def collect_state(net, optimizer, stepper, meta):
     state["scaler.good_steps"] = counter.asnumpy() if counter is not None else np.asarray(0, np.int32)
     for k in META_KEYS:
         v = meta.get(k)
-        state["meta." + k] = np.asarray(-1 if v is None else v, np.float64 if k == "best_top1" else np.int64)
+        state["meta." + k] = np.asarray(-1 if v is None else v, np.float64 if k in FLOAT_META else np.int64)
     return state
 
 

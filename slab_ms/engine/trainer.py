@@ -18,6 +18,7 @@ from mindcv.scheduler import create_scheduler
 from ..checkpoint import load_checkpoint, load_pretrained, model_params, read_ms_checkpoint
 from ..errors import ConfigError, TrainingError
 from ..layers.prepbn import PRepBN, RepBN, TokenBatchNorm
+from ..layers.reparam import reparameterize
 from ..models.registry import create_model, is_model
 from . import data as data_lib
 from . import report, state
@@ -100,22 +101,31 @@ def upstream_cosine(total_steps, warmup_steps, cosine_steps, lr, min_lr, warmup_
     return out
 
 
-def learning_rates(cfg, steps_per_epoch, global_batch):
+def learning_rates(cfg, steps_per_epoch, global_batch, total_steps=None):
     """Per-optimizer-step learning rates, linearly scaled by the global batch (base, warm-up start and
-    minimum alike): upstream's cosine for ``scheduler: cosine``, else mindcv's scheduler."""
+    minimum alike): upstream's cosine for ``scheduler: cosine``, else mindcv's scheduler.
+    ``total_steps`` (default ``epoch_size`` epochs) may end inside an epoch (``max_steps``);
+    ``warmup_steps`` replaces ``warmup_epochs`` (upstream's cosine only)."""
     scale = global_batch / cfg.lr_base_batch if cfg.lr_base_batch else 1.0
+    total = total_steps if total_steps is not None else cfg.epoch_size * steps_per_epoch
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else cfg.warmup_epochs * steps_per_epoch
+    if warmup > total:
+        raise ConfigError(f"the warm-up ({warmup} optimizer steps) is longer than the run ({total})")
     if cfg.scheduler == "cosine":
-        cosine = cfg.decay_epochs if cfg.decay_epochs is not None else cfg.epoch_size
-        return upstream_cosine(cfg.epoch_size * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch,
-                               cosine * steps_per_epoch, cfg.lr * scale, cfg.min_lr * scale,
+        cosine = cfg.decay_epochs * steps_per_epoch if cfg.decay_epochs is not None else total
+        return upstream_cosine(total, warmup, cosine, cfg.lr * scale, cfg.min_lr * scale,
                                cfg.lr * cfg.warmup_factor * scale)
-    decay = cfg.decay_epochs if cfg.decay_epochs is not None else cfg.epoch_size - cfg.warmup_epochs
+    if cfg.warmup_steps is not None:
+        raise ConfigError("warmup_steps needs scheduler: cosine (mindcv's schedulers warm up in whole epochs: "
+                          "use warmup_epochs)")
+    epochs = -(-total // steps_per_epoch)
+    decay = cfg.decay_epochs if cfg.decay_epochs is not None else epochs - cfg.warmup_epochs
     lrs = create_scheduler(steps_per_epoch, scheduler=cfg.scheduler, lr=cfg.lr * scale, min_lr=cfg.min_lr * scale,
                            warmup_epochs=cfg.warmup_epochs, warmup_factor=cfg.warmup_factor, decay_epochs=decay,
                            decay_rate=cfg.decay_rate, milestones=cfg.multi_step_decay_milestones,
-                           num_epochs=cfg.epoch_size, num_cycles=cfg.num_cycles, cycle_decay=cfg.cycle_decay,
+                           num_epochs=epochs, num_cycles=cfg.num_cycles, cycle_decay=cfg.cycle_decay,
                            lr_epoch_stair=cfg.lr_epoch_stair)
-    return [float(v) for v in lrs]
+    return [float(v) for v in lrs][:total]
 
 
 def build_optimizer(cfg, net, lrs):
@@ -170,7 +180,8 @@ def setup_logging(out_dir, rank):
 def train(cfg):
     """Run the configured training; returns the summary dict (also written to summary.json) on
     rank 0, None on the other ranks."""
-    return Run(cfg).fit()
+    from .lm_trainer import LMRun, is_language_config
+    return (LMRun if is_language_config(cfg) else Run)(cfg).fit()
 
 
 class Run:
@@ -200,33 +211,26 @@ class Run:
         _report_bad_images(cfg, self.decoders)
 
     def _build(self):
+        """Model, step plan, learning rates, PRepBN schedule, optimizer, train step and BN sync; the
+        task-specific parts are the ``_``-methods a subclass (``lm_trainer.LMRun``) replaces."""
         cfg, world = self.cfg, self.world
-        self.net = net = build_model(cfg)
+        self.net = net = self._build_model()
         self.amp = amp_level_for(cfg, self.target)
         apply_amp(net, self.amp)
         self.k = k = cfg.gradient_accumulation_steps
-        # ImageNet listing is slow: this loader is reused for epoch 0
-        self.first_loader = self.train_loader(0)
-        batches = self.first_loader.get_dataset_size()
-        self.steps_per_epoch = batches // k
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"an epoch has {batches} batches of {cfg.batch_size} per device, fewer than "
-                              f"gradient_accumulation_steps ({k}): no optimizer step would run")
-        self.total_steps = self.steps_per_epoch * cfg.epoch_size
+        self._plan_steps()
         self.global_batch = cfg.batch_size * world * k
-        self.lrs = learning_rates(cfg, self.steps_per_epoch, self.global_batch)
+        self.lrs = self._learning_rates()
         self.has_prepbn = bool(prepbn_cells(net))
         explicit = cfg.prepbn_steps is not None or cfg.prepbn_fraction is not None
         # fine-tuning (ckpt_path) without a schedule in the config keeps the checkpoint's counters
         self.inherit_schedule = bool(cfg.ckpt_path) and not explicit and self.has_prepbn
         self.schedule = None if self.inherit_schedule else plan_schedule(cfg, net, self.total_steps)
         self.optimizer = build_optimizer(cfg, net, self.lrs)
-        loss_fn = create_loss(name=cfg.loss, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction,
-                              aux_factor=cfg.aux_factor)
         dynamic = cfg.dynamic_loss_scale if cfg.dynamic_loss_scale is not None else self.amp != "O0"
         reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=world) \
             if world > 1 else None
-        self.stepper = Stepper(NetWithLoss(net, loss_fn), self.optimizer, accumulation=k,
+        self.stepper = Stepper(self._net_with_loss(), self.optimizer, accumulation=k,
                                loss_scale=make_loss_scaler(cfg.loss_scale, dynamic=dynamic), grad_reducer=reducer,
                                clip_value=cfg.clip_value if cfg.clip_grad else None,
                                ema_decay=cfg.ema_decay if cfg.ema else None, network=net)
@@ -237,8 +241,39 @@ class Run:
                          if p.name.endswith(("moving_mean", "moving_variance"))]
             self.sync = AllReduceParams(bn_stats + ema_stats, 1.0 / world) if bn_stats else None
             self.rank_sum = SumOverRanks(3)
-        self.eval_forward = Logits(net)
-        self.val_loader = data_lib.eval_loader(cfg, rank=self.rank, world=world,
+        self._build_eval()
+
+    def _build_model(self):
+        return build_model(self.cfg)
+
+    def _plan_steps(self):
+        """``steps_per_epoch`` and ``total_steps`` (optimizer steps) from the training data."""
+        cfg, k = self.cfg, self.k
+        if cfg.max_steps is not None or cfg.ckpt_save_steps:
+            raise ConfigError("max_steps and ckpt_save_steps are for language models; an image run counts epochs "
+                              "(epoch_size, ckpt_save_interval)")
+        # ImageNet listing is slow: this loader is reused for epoch 0
+        self.first_loader = self.train_loader(0)
+        batches = self.first_loader.get_dataset_size()
+        self.steps_per_epoch = batches // k
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"an epoch has {batches} batches of {cfg.batch_size} per device, fewer than "
+                              f"gradient_accumulation_steps ({k}): no optimizer step would run")
+        self.total_steps = self.steps_per_epoch * cfg.epoch_size
+
+    def _learning_rates(self):
+        return learning_rates(self.cfg, self.steps_per_epoch, self.global_batch)
+
+    def _net_with_loss(self):
+        cfg = self.cfg
+        loss_fn = create_loss(name=cfg.loss, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction,
+                              aux_factor=cfg.aux_factor)
+        return NetWithLoss(self.net, loss_fn)
+
+    def _build_eval(self):
+        cfg = self.cfg
+        self.eval_forward = Logits(self.net)
+        self.val_loader = data_lib.eval_loader(cfg, rank=self.rank, world=self.world,
                                                decoder=self.decoders.get(cfg.val_split)) if self.needs_val else None
 
     def train_loader(self, epoch, **kw):
@@ -261,14 +296,22 @@ class Run:
                 apply_schedule(self.net, self.schedule[0], self.schedule[1], self.k)
             self.stepper.reset_ema()   # the average starts from the weights the run starts from
         start_epoch, step = self.meta["epoch"], self.meta["step"]
-        if step != start_epoch * self.steps_per_epoch:
-            raise TrainingError(f"the checkpoint is at optimizer step {step} after {start_epoch} epochs, but this "
-                                f"run has {self.steps_per_epoch} steps per epoch (different data, batch size or "
-                                "world size)")
-        self.history = report.read_history(os.path.join(self.out, "history.json"), start_epoch) if resumed else \
+        self._check_position(start_epoch, step)
+        self.history = report.read_history(os.path.join(self.out, "history.json"), start_epoch,
+                                           step if self.mid_epoch_resume else None) if resumed else \
             {"epochs": [], "steps": []}
         self.resumed_from = resumed
         return resumed
+
+    mid_epoch_resume = False   # checkpoints are written at epoch ends only
+    rate_unit = "img/s"
+
+    def _check_position(self, epoch, step):
+        """A resumed checkpoint must sit where this run's plan puts its epoch."""
+        if step != epoch * self.steps_per_epoch:
+            raise TrainingError(f"the checkpoint is at optimizer step {step} after {epoch} epochs, but this "
+                                f"run has {self.steps_per_epoch} steps per epoch (different data, batch size or "
+                                "world size)")
 
     def _resume(self):
         cfg = self.cfg
@@ -350,7 +393,7 @@ class Run:
             bar.update(1)
         if step % self.cfg.log_interval == 0 or step == self.total_steps:
             logger.info(f"epoch {epoch + 1} step {step}/{self.total_steps} loss {loss:.4f} lr {rec['lr']:.3e} "
-                        f"lambda {'-' if lam is None else f'{lam:.4f}'} {ips:.1f} img/s")
+                        f"lambda {'-' if lam is None else f'{lam:.4f}'} {ips:.1f} {self.rate_unit}")
 
     def evaluate(self):
         return evaluate(self.net, self.val_loader, self.world, self.eval_forward, self.rank_sum)
@@ -450,19 +493,25 @@ class Run:
         return self.finish()
 
 
-def validate_checkpoint(cfg, split=None, use_ema=False):
+def validate_checkpoint(cfg, split=None, use_ema=False, reparam=False):
     """What validate.py reports: top-1/top-5 of ``cfg.ckpt_path`` on ``split`` (default val_split),
-    undecodable files skipped, counted and warned about."""
+    undecodable files skipped, counted and warned about (a language model: its perplexity).
+    ``reparam`` evaluates the folded network."""
+    from .lm_trainer import is_language_config, validate_lm_checkpoint
+    if is_language_config(cfg):
+        return validate_lm_checkpoint(cfg, split or "val", use_ema, reparam)
     setup_context(cfg)
     split = split or cfg.val_split
     _, decoder = data_lib.check_image_folder(cfg.data_dir, split, cfg.num_classes, cfg.max_bad_images)
     net = build_model(cfg)
     load_checkpoint(net, cfg.ckpt_path, use_ema=use_ema)
+    if reparam:
+        reparameterize(net)
     top1, top5, n = evaluate(net, data_lib.eval_loader(cfg, split=split, decoder=decoder))
     for path, why in decoder.new_failures():
         print(f"warning: {path} skipped: {why}", file=sys.stderr)
     decoder.check_limit(cfg.max_bad_images, split)
-    return {"model": cfg.model, "checkpoint": cfg.ckpt_path, "ema": use_ema, "images": n, "top1": top1,
+    return {"model": cfg.model, "checkpoint": cfg.ckpt_path, "ema": use_ema, "reparam": reparam, "images": n, "top1": top1,
             "top5": top5, "bad_images": len(decoder)}
 
 

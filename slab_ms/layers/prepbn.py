@@ -111,6 +111,17 @@ class PRepBN(nn.Cell):
         for p, v in ((self.warm, warm), (self.iter, total_step), (self.total_step, total_step)):
             p.set_data(Tensor(int(v), ms.int64))
 
+    @staticmethod
+    def counters_for(forwards, warm_forwards):
+        """``(total_step, warm)`` counter values for a schedule of ``forwards`` training forwards
+        after ``warm_forwards`` of pure norm1 (here the counters count forwards one for one)."""
+        return int(forwards), int(warm_forwards)
+
+    @staticmethod
+    def forwards_to_finish(total_step, warm):
+        """Training forwards from a restart until lambda is 0 (the first forward that is pure BN)."""
+        return int(warm) + int(total_step)
+
     def lam(self):
         """Current LayerNorm weight (1 during warm-up), as the next training forward will use it."""
         warm, it, total = (int(p.asnumpy()) for p in (self.warm, self.iter, self.total_step))

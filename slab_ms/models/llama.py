@@ -34,6 +34,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common import initializer as init
 
 from ..errors import CheckpointError, ConfigError
+from ..layers.common import no_weight_decay_names
 from ..layers.prepbn import PRepBN, RepBN, TokenBatchNorm
 from ..layers.reparam import fold_norm, is_foldable
 from .registry import build_registered, overrides_from_defaults, register_inferer, register_language_model
@@ -183,6 +184,23 @@ class LlamaPRepBN(PRepBN):
     def set_schedule(self, total_step, warm=0):
         super().set_schedule(total_step, warm)
         self.num_step.set_data(Tensor(0, ms.int64))
+
+    @staticmethod
+    def counters_for(forwards, warm_forwards):
+        """The counters move once per 16 training forwards (upstream's ``num_step % 16``, one
+        optimizer step of upstream's 16-step accumulation), so a plan in forwards becomes
+        ``ceil(forwards / 16)`` periods (and the same for the warm-up)."""
+        return -(-int(forwards) // PHASE), -(-int(warm_forwards) // PHASE)
+
+    @staticmethod
+    def forwards_to_finish(total_step, warm):
+        """From a restart (``num_step`` 0): ``warm`` decrements on forwards 0, 16, ..., so the
+        warm-up covers forwards ``0 .. 16 (warm - 1)``; ``iter`` then drops on forwards
+        ``16 warm, ..., 16 (warm + total_step - 1)`` and lambda is 0 from the forward after."""
+        total_step, warm = int(total_step), int(warm)
+        if total_step == 0:
+            return PHASE * (warm - 1) + 1 if warm else 0
+        return PHASE * (warm + total_step - 1) + 1
 
     def construct(self, x, pad_mask=None):
         if not self.training:
@@ -448,6 +466,11 @@ class LlamaForCausalLM(nn.Cell):
     @property
     def num_layers(self):
         return len(self.model.layers)
+
+    def no_weight_decay(self):
+        """The usual LLaMA recipe: no weight decay on norms (every 1-D parameter: norm weights, BN
+        affines, RepBN alpha, folded biases) nor on the token embedding (mindcv's hook)."""
+        return no_weight_decay_names(self, ("embed_tokens",))
 
     def set_dtype(self, dtype):
         """Cast every float parameter to ``dtype`` ('float32', 'float16', 'bfloat16'), counters stay int64."""
