@@ -10,6 +10,7 @@ from mindspore import nn, ops
 
 import slab_ms
 from slab_ms.engine.config import ConfigError, load_config, parse_overrides
+from slab_ms.engine.lm_trainer import build_lm, is_language_config
 from slab_ms.engine.recalibrate import recalibrate_bn
 from slab_ms.engine.schedule import apply_schedule, current_lambda, plan_schedule, prepbn_cells
 from slab_ms.engine.state import collect_state
@@ -42,6 +43,15 @@ def test_config_parses_and_builds(path):
     in test_recipes.py."""
     cfg = load_config(path)
     assert slab_ms.is_model(cfg.model), cfg.model
+    if is_language_config(cfg):   # the LLaMA recipes: the schedule is upstream's counters exactly
+        net = build_lm(cfg)
+        cells = prepbn_cells(net)
+        assert bool(cells) == (cfg.prepbn_steps is not None or cfg.prepbn_fraction is not None)
+        if cells and cfg.prepbn_steps is not None:
+            k = cfg.gradient_accumulation_steps
+            assert cells[0].counters_for(cfg.prepbn_steps * k, cfg.prepbn_warm * k) == \
+                (int(cells[0].total_step.asnumpy()), int(cells[0].warm.asnumpy()))
+        return
     net = build_model(cfg)
     assert net.num_classes == cfg.num_classes
     if os.path.basename(path) not in ("quickstart_digits.yaml", "finetune_digits.yaml"):   # ImageNet recipes
