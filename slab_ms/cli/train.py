@@ -6,6 +6,9 @@ with kind, default and choices). Data-parallel runs are launched by
 (``ckpt_save_dir``) receives the epoch checkpoints, best.ckpt, final.ckpt, train.log,
 history.json, curves.png and summary.json. Fine-tuning: ``--ckpt_path pretrained.ckpt
 --num_classes N`` re-initialises a classifier of another shape and loads the rest strictly.
+A language model (``configs/slab_llama_350m.yaml``, ``configs/quickstart_lm.yaml``) trains on a
+text corpus (``--data_dir``) with a SentencePiece ``--tokenizer``; its checkpoints are numbered by
+optimizer step and carry a ``.config.json``.
 """
 import json
 import sys
