@@ -149,7 +149,12 @@ def _scale(coefficient, grad):
 @_square_sum_op.register("Tensor")
 def _square_sum(grad):
     g = grad.astype(ms.float32)
-    return (g * g).sum()
+    squares = g * g
+    if len(g.shape) > 1:
+        # last axis first: MindSpore's CPU ReduceSum over all axes of a large tensor is ~10x slower
+        # (140 ms against 11 ms for a 32000 x 1024 gradient; bench/bench_lm_train.py --profile)
+        squares = squares.sum(axis=-1)
+    return squares.sum()
 
 
 class TrainStep(_UpdateBase):
