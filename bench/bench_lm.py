@@ -81,23 +81,20 @@ def run_ms(model, variant, prefills, new_tokens, repeats, threads, profile_token
 NORM_SCOPE = re.compile(r"/(input_layernorm|post_attention_layernorm|norm)-")
 
 
-def profile_ms_decode(net, rng, cfg, new_tokens):
-    """MindSpore's profiler over a generation of ``new_tokens`` after an 8-token prompt (the prefill
-    is about one decode step of work): the share of op time inside the norm cells (scopes
-    ``input_layernorm``, ``post_attention_layernorm``, the final ``norm``), and the op types that
-    take the most time."""
+def profile_ms_ops(run, top=4):
+    """MindSpore's profiler over ``run()``: ``{"op_ms", "norm_share", "top_ops"}``, the op time, the
+    share of it inside the norm cells (scopes ``input_layernorm``, ``post_attention_layernorm``,
+    the final ``norm``; gradient ops keep the scope of the cell they differentiate) and the ``top``
+    op types by time (from the profiler's ``cpu_op_detail_info`` tables)."""
     import csv
     import glob
     import shutil
     import tempfile
     from mindspore import Profiler
-    from slab_ms.generation import generate
-    prompt = rng.integers(3, cfg["vocab_size"], size=(1, 8))
-    generate(net, prompt, max_new_tokens=2, eos_token_id=None)   # compile outside the profile
     where = tempfile.mkdtemp(prefix="bench_lm_profile_")
     try:
         prof = Profiler(output_path=where)
-        generate(net, prompt, max_new_tokens=new_tokens, eos_token_id=None)
+        run()
         prof.stop()
         prof.analyse()
         total, norms, by_type = 0.0, 0.0, {}
@@ -111,9 +108,18 @@ def profile_ms_decode(net, rng, cfg, new_tokens):
                         norms += t
     finally:
         shutil.rmtree(where, ignore_errors=True)
-    top = sorted(by_type.items(), key=lambda kv: -kv[1])[:4]
+    ranked = sorted(by_type.items(), key=lambda kv: -kv[1])[:top]
     return {"op_ms": total, "norm_share": norms / total if total else None,
-            "top_ops": [[k, v / total] for k, v in top]}
+            "top_ops": [[k, v / total] for k, v in ranked]}
+
+
+def profile_ms_decode(net, rng, cfg, new_tokens):
+    """:func:`profile_ms_ops` over a generation of ``new_tokens`` after an 8-token prompt (the
+    prefill is about one decode step of work)."""
+    from slab_ms.generation import generate
+    prompt = rng.integers(3, cfg["vocab_size"], size=(1, 8))
+    generate(net, prompt, max_new_tokens=2, eos_token_id=None)   # compile outside the profile
+    return profile_ms_ops(lambda: generate(net, prompt, max_new_tokens=new_tokens, eos_token_id=None))
 
 
 def profile_torch_decode(net, past, logits, start, new_tokens):

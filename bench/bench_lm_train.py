@@ -31,9 +31,8 @@ quickstart model) and ``slab_llama_350m`` at 1 x 256; ``--set`` changes them
 
 ``--profile MODEL`` (first round only, after the timed steps and the RSS reading) runs MindSpore's
 profiler over ``--profile-steps`` steps of that model's MindSpore PRepBN row and reports the top
-op types by time share and the share inside the norm cells, with ``bench_lm.profile_ms_decode``'s
-reader (see :func:`profile_ms_steps`); the PyTorch PRepBN row of the model gets torch.profiler's
-top ops by self CPU time, for comparison. Writes ``<out>/<name>.md`` (default ``lm_train.md``).
+op types by time share and the share inside the norm cells (``bench_lm.profile_ms_ops``); the
+PyTorch PRepBN row of the model gets torch.profiler's top ops by self CPU time, for comparison. Writes ``<out>/<name>.md`` (default ``lm_train.md``).
 """
 import argparse
 import json
@@ -98,23 +97,13 @@ def ms_job(job):
 
 
 def profile_ms_steps(step, steps):
-    """MindSpore's profiler over ``steps`` training steps: ``{"op_ms", "norm_share", "top_ops"}``.
-
-    The profiler driver and the reader of its ``cpu_op_detail_info`` tables are bench_lm's
-    :func:`bench_lm.profile_ms_decode` (top op types by time, share inside the norm cells), which
-    profiles a ``slab_ms.generation.generate`` call: it runs here with ``generate`` swapped, for
-    the duration of the call, for a function that runs ``max_new_tokens`` training steps (2 before
-    the profiler starts, then ``steps`` inside it). The norm share counts forward and backward ops
-    (gradient ops keep the scope of the cell they differentiate)."""
-    import numpy as np
+    """bench_lm's :func:`bench_lm.profile_ms_ops` (MindSpore's profiler: op time, share inside the
+    norm cells counting forward and backward ops, top op types) over ``steps`` training steps,
+    after 2 unprofiled ones."""
     import bench_lm
-    import slab_ms.generation as generation
-    saved = generation.generate
-    generation.generate = lambda net, prompt, max_new_tokens, **kw: [step() for _ in range(max_new_tokens)]
-    try:
-        return bench_lm.profile_ms_decode(None, np.random.default_rng(0), {"vocab_size": 16}, steps)
-    finally:
-        generation.generate = saved
+    for _ in range(2):
+        step()
+    return bench_lm.profile_ms_ops(lambda: [step() for _ in range(steps)])
 
 
 # --------------------------------------------------------------------------------------- PyTorch
