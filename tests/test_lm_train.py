@@ -34,7 +34,7 @@ def corpus(tmp_path_factory):
     data = str(root / "pydoc.jsonl")
     make_text_corpus.write(data)
     tok = str(root / "tok.model")
-    train_tokenizer.train_tokenizer(data, 512, tok, val_fraction=0.1)
+    train_tokenizer.train_tokenizer(data, 512, tok, val_fraction=0.15)   # the split of configs/quickstart_lm.yaml
     return data, tok
 
 
