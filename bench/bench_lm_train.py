@@ -32,7 +32,8 @@ quickstart model) and ``slab_llama_350m`` at 1 x 256; ``--set`` changes them
 ``--profile MODEL`` (first round only, after the timed steps and the RSS reading) runs MindSpore's
 profiler over ``--profile-steps`` steps of that model's MindSpore PRepBN row and reports the top
 op types by time share and the share inside the norm cells (``bench_lm.profile_ms_ops``); the
-PyTorch PRepBN row of the model gets torch.profiler's top ops by self CPU time, for comparison. Writes ``<out>/<name>.md`` (default ``lm_train.md``).
+PyTorch PRepBN row of the model gets torch.profiler's top ops by self CPU time, for comparison.
+Writes ``<out>/<name>.md`` (default ``lm_train.md``).
 """
 import argparse
 import json

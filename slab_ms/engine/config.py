@@ -401,9 +401,9 @@ def main(argv=None):
     got.pop("config", None)
     cfg = load_config(path, got)
     if check:
-        from .lm_trainer import build_lm, is_language_config, load_text
+        from .lm_trainer import is_language_config, lm_config, load_text
         if is_language_config(cfg):   # tokenises the corpus once, so the workers find the cache
-            load_text(cfg, build_lm(cfg).config, log=lambda m: print(m, file=sys.stderr))
+            load_text(cfg, lm_config(cfg), log=lambda m: print(m, file=sys.stderr))
         else:
             from .data import check_image_folder
             for split in run_splits(cfg):

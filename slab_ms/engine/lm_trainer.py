@@ -66,6 +66,23 @@ def build_lm(cfg, tokenizer=None):
         raise ConfigError(f"model_kwargs do not fit {cfg.model}: {e}") from None
 
 
+def lm_config(cfg):
+    """The configured language model's constructor arguments, without building it (the launch
+    check reads the vocabulary and the positions of a 350M model without allocating it)."""
+    import inspect
+    from ..models.llama import LLAMA_DEFAULTS, LlamaForCausalLM
+    if cfg.model not in LLAMA_DEFAULTS:
+        raise ConfigError(f"unknown language model {cfg.model!r}; see slab_ms.list_models('language')")
+    params = inspect.signature(LlamaForCausalLM).parameters
+    unknown = sorted(set(cfg.model_kwargs) - set(params))
+    if unknown:
+        raise ConfigError(f"model_kwargs do not fit {cfg.model}: unknown {', '.join(unknown)}")
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    found = dict(defaults, **LLAMA_DEFAULTS[cfg.model])
+    found.update(cfg.model_kwargs)
+    return found
+
+
 def model_overrides(net, name):
     """``net.config`` entries that differ from the registered ``name``'s defaults (what the
     ``.config.json`` records so the checkpoint can be rebuilt)."""
@@ -74,7 +91,7 @@ def model_overrides(net, name):
     return overrides_from_defaults(LlamaForCausalLM, LLAMA_DEFAULTS.get(name, {}), dict(net.config))
 
 
-def load_text(cfg, model_config, rank=0, log=None):
+def load_text(cfg, model_config, log=None):
     """``(train TokenStream, val TokenStream, tokenizer)`` for ``cfg``, the corpus tokenised once
     and cached (checks: a tokenizer is given and fits the vocabulary, seq_length fits)."""
     if not cfg.tokenizer:
@@ -102,7 +119,7 @@ class LMRun(Run):
         tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
         self._lm = build_lm(cfg, tok)
         self.train_stream, self.val_stream, self.tokenizer, data = load_text(
-            cfg, self._lm.config, self.rank, log=logger.info if self.rank == 0 else None)
+            cfg, self._lm.config, log=logger.info if self.rank == 0 else None)
         self.data_info = {"cache": data["cache"], "cache_built": data["built"],
                           "train_tokens": self.train_stream.n_tokens, "val_tokens": self.val_stream.n_tokens}
         self.needs_val = True
@@ -199,8 +216,8 @@ class LMRun(Run):
         report.write_json(os.path.join(self.out, "history.json"), self.history)
 
     def write_sidecar(self, ckpt_path):
-        report.write_json(sidecar_path(ckpt_path), sidecar_record(self.cfg.model, model_overrides(self.net, self.cfg.model),
-                                                                  hf_config_for(self.net)))
+        record = sidecar_record(self.cfg.model, model_overrides(self.net, self.cfg.model), hf_config_for(self.net))
+        report.write_json(sidecar_path(ckpt_path), record)
 
     def evaluate(self):
         """``(perplexity, mean NLL, targets)`` on the validation split (summed over ranks)."""

@@ -511,8 +511,8 @@ def validate_checkpoint(cfg, split=None, use_ema=False, reparam=False):
     for path, why in decoder.new_failures():
         print(f"warning: {path} skipped: {why}", file=sys.stderr)
     decoder.check_limit(cfg.max_bad_images, split)
-    return {"model": cfg.model, "checkpoint": cfg.ckpt_path, "ema": use_ema, "reparam": reparam, "images": n, "top1": top1,
-            "top5": top5, "bad_images": len(decoder)}
+    return {"model": cfg.model, "checkpoint": cfg.ckpt_path, "ema": use_ema, "reparam": reparam, "images": n,
+            "top1": top1, "top5": top5, "bad_images": len(decoder)}
 
 
 def _report_bad_images(cfg, decoders):
