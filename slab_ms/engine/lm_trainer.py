@@ -29,10 +29,9 @@ from ..models.registry import create_model, is_model, list_models
 from . import report, state
 from . import text_data
 from .lm import CausalLMLoss, TokenNLL, batch_tensors, perplexity_of
-from .recalibrate import recalibrate_bn
 from .schedule import current_lambda
 from .train_step import SumOverRanks
-from .trainer import Run, _has_bn, _progress, learning_rates, logger, parameter_digest
+from .trainer import Run, _progress, learning_rates, logger, parameter_digest
 
 TOKEN_KEYS = ("bos_token_id", "eos_token_id")
 
@@ -244,20 +243,15 @@ class LMRun(Run):
                     + (f", lambda {ep['lambda']:.4f}" if ep["lambda"] is not None else ""))
 
     # --------------------------------------------------------------------- the end
-    def recalibrate(self):
+    recalibration_forward = TokenNLL   # (ids, mask) batches: padding stays out of the statistics
+
+    def _recalibration_batches(self, e):
         cfg = self.cfg
-        if not cfg.bn_recalibrate_epochs or not _has_bn(self.net):
-            return 0
-        used = 0
-        for e in range(cfg.bn_recalibrate_epochs):
-            batches = self.train_stream.train_batches(cfg.seq_length, cfg.batch_size, self.epochs + e, cfg.seed,
-                                                      self.rank, self.world, cfg.shuffle)
-            if cfg.bn_recalibrate_batches:
-                batches = itertools.islice(batches, cfg.bn_recalibrate_batches)
-            used += recalibrate_bn(self.net, (batch_tensors(b) for b in batches), forward=TokenNLL)
-        if self.sync is not None:
-            self.sync()
-        return used
+        batches = self.train_stream.train_batches(cfg.seq_length, cfg.batch_size, self.epochs + e, cfg.seed,
+                                                  self.rank, self.world, cfg.shuffle)
+        if cfg.bn_recalibrate_batches:
+            batches = itertools.islice(batches, cfg.bn_recalibrate_batches)
+        return (batch_tensors(b) for b in batches)
 
     def finish(self):
         cfg, history = self.cfg, self.history

@@ -50,12 +50,6 @@ def plan_schedule(cfg, net, total_opt_steps):
     return steps, warm
 
 
-def schedule_counters(net, steps, warm, accumulation=1):
-    """``(total_step, warm)`` counter values that :func:`apply_schedule` sets (None without PRepBN)."""
-    cells = prepbn_cells(net)
-    return cells[0].counters_for(steps * accumulation, warm * accumulation) if cells else None
-
-
 def apply_schedule(net, steps, warm, accumulation=1):
     """Restart every PRepBN module's counters for ``steps`` optimizer steps after ``warm``
     (``accumulation`` forwards per optimizer step, translated by the module's ``counters_for``)."""

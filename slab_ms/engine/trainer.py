@@ -435,11 +435,17 @@ class Run:
             return 0
         used = 0
         for e in range(cfg.bn_recalibrate_epochs):
-            loader = self.train_loader(cfg.epoch_size + e, mixup=False, augment=False)
-            used += recalibrate_bn(self.net, (x for x, _ in data_lib.train_batches(loader)))
+            used += recalibrate_bn(self.net, self._recalibration_batches(e), forward=self.recalibration_forward)
         if self.sync is not None:
             self.sync()
         return used
+
+    recalibration_forward = Logits   # what recalibrate_bn runs the batches through
+
+    def _recalibration_batches(self, e):
+        """The un-augmented training batches of recalibration pass ``e`` (a fresh data order)."""
+        loader = self.train_loader(self.cfg.epoch_size + e, mixup=False, augment=False)
+        return (x for x, _ in data_lib.train_batches(loader))
 
     def finish(self):
         cfg, history = self.cfg, self.history
