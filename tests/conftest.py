@@ -1,5 +1,8 @@
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -83,3 +86,16 @@ def reference_dir():
     if not os.path.isdir(REFERENCE):
         pytest.fail(f"shared reference data not found at {REFERENCE} (set SLAB_SHARED)")
     return REFERENCE
+
+
+def kill_when_written(cmd, path, what, timeout=300):
+    """Start ``cmd`` from the repository root (its own session, output discarded) and SIGKILL it,
+    children included, as soon as ``path`` exists; fails when the run ends or times out first."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None and time.time() < deadline, f"the run ended before writing {what}"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -6,15 +6,13 @@ and bad inputs fail in one line."""
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, kill_when_written
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import make_text_corpus  # noqa: E402
@@ -108,14 +106,7 @@ def test_lm_run_resume_fold_and_generate(corpus, tmp_path):
 
     # SIGKILL once the step-30 checkpoint (inside epoch 2) exists, then --resume auto
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(train_cmd(corpus, cut, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not (cut / "slab_llama_tiny-0030.ckpt").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before writing step 30"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_written(train_cmd(corpus, cut, *args), cut / "slab_llama_tiny-0030.ckpt", "step 30")
     assert not (cut / "summary.json").exists(), "the run finished before it was killed"
     resumed = last_json(run(train_cmd(corpus, cut, *args, "--resume", "auto")))
     assert re.search(r"resumed from \S*slab_llama_tiny-00[34]0\.ckpt at step [34]0", (cut / "train.log").read_text())

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, undecodable_images
+from conftest import ROOT, kill_when_written, undecodable_images
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import make_digits  # noqa: E402
@@ -61,14 +61,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(digits, tmp_path):
 
     # The same run, killed (SIGKILL) once epoch 1's checkpoint exists, then resumed.
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(train_cmd(digits, str(cut), *args), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while not (cut / "slab_swin_tiny-0001.ckpt").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before writing epoch 1"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_written(train_cmd(digits, str(cut), *args), cut / "slab_swin_tiny-0001.ckpt", "epoch 1")
     assert not (cut / "summary.json").exists(), "the run finished before it was killed"
     resumed = json.loads(run(train_cmd(digits, str(cut), *args, "--resume", "auto")).stdout.strip().splitlines()[-1])
     assert "resumed from" in (cut / "train.log").read_text()
