@@ -13,14 +13,15 @@ import mindspore as ms
 from mindspore import nn, ops
 
 
-def _token_nll(logits, input_ids, attention_mask):
-    """``(nll (B, T-1) float32, weight (B, T-1) float32)`` of the next-token predictions."""
+def _nll_sum(net, input_ids, attention_mask):
+    """``(sum of the next-token NLL over unpadded targets, number of those targets)``, float32."""
+    logits = net(input_ids, attention_mask)
     vocab = logits.shape[-1]
     pred = logits[:, :-1].astype(ms.float32).reshape(-1, vocab)
     target = input_ids[:, 1:].reshape(-1)
     weight = attention_mask[:, 1:].astype(ms.float32)
     nll = ops.cross_entropy(pred, target, reduction="none").reshape(weight.shape)
-    return nll, weight
+    return (nll * weight).sum(), weight.sum()
 
 
 class CausalLMLoss(nn.Cell):
@@ -35,9 +36,8 @@ class CausalLMLoss(nn.Cell):
         self.net = net
 
     def construct(self, input_ids, attention_mask):
-        logits = self.net(input_ids, attention_mask)
-        nll, weight = _token_nll(logits, input_ids, attention_mask)
-        return (nll * weight).sum() / ops.maximum(weight.sum(), 1.0)
+        total, count = _nll_sum(self.net, input_ids, attention_mask)
+        return total / ops.maximum(count, 1.0)
 
 
 class TokenNLL(nn.Cell):
@@ -49,9 +49,7 @@ class TokenNLL(nn.Cell):
         self.net = net
 
     def construct(self, input_ids, attention_mask):
-        logits = self.net(input_ids, attention_mask)
-        nll, weight = _token_nll(logits, input_ids, attention_mask)
-        return (nll * weight).sum(), weight.sum()
+        return _nll_sum(self.net, input_ids, attention_mask)
 
 
 def batch_tensors(batch):
