@@ -282,16 +282,8 @@ class LMRun(Run):
             "parameter_digest": digest, **self.data_info,
         }
         if self.rank == 0:
-            path = os.path.join(self.out, "final.ckpt")
-            self.write_sidecar(path)
-            state.save_state(path, self.training_state())
-            report.write_json(os.path.join(self.out, "history.json"), history)
-            if cfg.plot:
-                report.plot_curves(history, os.path.join(self.out, "curves.png"),
-                                   f"{cfg.model} ({self.world} x {cfg.batch_size} x {cfg.seq_length} tokens)")
-            report.write_json(os.path.join(self.out, "summary.json"), summary)
-            logger.info(f"summary written to {os.path.join(self.out, 'summary.json')}")
-        return summary if self.rank == 0 else None
+            self.write_sidecar(os.path.join(self.out, "final.ckpt"))
+        return self._write_final(summary, f"{cfg.model} ({self.world} x {cfg.batch_size} x {cfg.seq_length} tokens)")
 
     def fit(self):
         self.start()

@@ -472,15 +472,20 @@ class Run:
             "checkpoint": os.path.join(self.out, "final.ckpt"), "config": cfg.config, "parameter_digest": digest,
             "bad_images": {split: len(d) for split, d in self.decoders.items()},
         }
-        if self.rank == 0:
-            state.save_state(os.path.join(self.out, "final.ckpt"), self.training_state())
-            report.write_json(os.path.join(self.out, "history.json"), history)
-            if cfg.plot:
-                report.plot_curves(history, os.path.join(self.out, "curves.png"),
-                                   f"{cfg.model} ({self.world} x {cfg.batch_size})")
-            report.write_json(os.path.join(self.out, "summary.json"), summary)
-            logger.info(f"summary written to {os.path.join(self.out, 'summary.json')}")
-        return summary if self.rank == 0 else None
+        return self._write_final(summary, f"{cfg.model} ({self.world} x {cfg.batch_size})")
+
+    def _write_final(self, summary, title):
+        """On rank 0: final.ckpt, history.json, curves.png (titled ``title``) and summary.json;
+        returns ``summary`` there, None on the other ranks."""
+        if self.rank != 0:
+            return None
+        state.save_state(os.path.join(self.out, "final.ckpt"), self.training_state())
+        report.write_json(os.path.join(self.out, "history.json"), self.history)
+        if self.cfg.plot:
+            report.plot_curves(self.history, os.path.join(self.out, "curves.png"), title)
+        report.write_json(os.path.join(self.out, "summary.json"), summary)
+        logger.info(f"summary written to {os.path.join(self.out, 'summary.json')}")
+        return summary
 
     def fit(self):
         self.start()
