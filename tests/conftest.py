@@ -1,4 +1,6 @@
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,3 +101,21 @@ def kill_when_written(cmd, path, what, timeout=300):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def run_two_workers(config, out, *overrides, timeout=900):
+    """``scripts/run_distribute.sh CONFIG 2 --ckpt_save_dir OUT ...`` with this interpreter's bin on
+    PATH (msrun starts the ``python`` found there); asserts success, checks that both ranks logged
+    the same parameter digest (weights, counters, BN statistics) and returns summary.json."""
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_distribute.sh"), config, "2",
+                        "--ckpt_save_dir", str(out), *overrides],
+                       cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-3000:]
+    digests = []
+    for rank in (0, 1):
+        log = open(os.path.join(out, "logs", f"worker_{rank}.log")).read()
+        digests += re.findall(r"\[rank (\d)\] parameter digest ([0-9a-f]{16})", log)
+    assert sorted(r for r, _ in digests) == ["0", "1"], digests
+    assert len({d for _, d in digests}) == 1, f"replicas differ: {digests}"
+    return json.loads(open(os.path.join(out, "summary.json")).read())

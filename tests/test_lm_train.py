@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, kill_when_written
+from conftest import ROOT, kill_when_written, run_two_workers
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import make_text_corpus  # noqa: E402
@@ -135,20 +135,9 @@ def test_lm_run_resume_fold_and_generate(corpus, tmp_path):
 def test_two_worker_lm_run_keeps_identical_replicas(corpus, tmp_path):
     out = tmp_path / "dp"
     data, tok = corpus
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_distribute.sh"), CONFIG, "2", "--data_dir", data,
-                        "--tokenizer", tok, "--ckpt_save_dir", str(out), *SMALL, "--max_steps", "12",
-                        "--warmup_steps", "2", "--prepbn_fraction", "1.0", "--bn_recalibrate_batches", "2"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = run_two_workers(CONFIG, out, "--data_dir", data, "--tokenizer", tok, *SMALL, "--max_steps", "12",
+                              "--warmup_steps", "2", "--prepbn_fraction", "1.0", "--bn_recalibrate_batches", "2")
     assert summary["world_size"] == 2 and summary["steps"] == 12 and summary["global_batch"] == 32
-    digests = []
-    for rank in (0, 1):
-        log = (out / "logs" / f"worker_{rank}.log").read_text()
-        digests += re.findall(r"\[rank (\d)\] parameter digest ([0-9a-f]{16})", log)
-    assert sorted(r for r, _ in digests) == ["0", "1"], digests
-    assert len({d for _, d in digests}) == 1, f"replicas differ: {digests}"   # weights, counters, BN statistics
 
 
 def test_schedule_translation_follows_the_16_forward_gating():
