@@ -13,7 +13,9 @@ call (compile + one step), the median of ``--repeats`` further steps, and the pr
 resident set size. The rows are interleaved round by round and each figure is the median over
 rounds; the ratios against mindcv come from the same run.
 
-``--set`` adds an ablation row of ours, e.g. ``--set slab_swin_tiny:norm=layernorm``.
+``--set`` adds an ablation row of ours, e.g. ``--set slab_swin_tiny:norm=layernorm``. The row
+``unshared`` (``--rows ours,unshared,mindcv``) is ours with ``SLAB_MS_SHARED_GRAPHS=0``: every
+cell compiled on its own, as before ``shared_graph`` (``slab_ms.layers.common``).
 """
 import argparse
 import json
@@ -53,7 +55,7 @@ def ms_job(kind, name, overrides, batch, repeats, threads):
     from slab_ms.engine.train_step import NetWithLoss, Stepper, make_loss_scaler
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.device_context.cpu.op_tuning.threads_num(threads)
-    if kind == "ours":
+    if kind in ("ours", "unshared"):
         net = slab_ms.create_model(name, **overrides)
     else:
         import mindcv
@@ -103,7 +105,8 @@ def run_job(job, threads):
 
 def in_subprocess(job, threads):
     cmd = [sys.executable, os.path.abspath(__file__), "--job", json.dumps(job), "--threads", str(threads)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, SLAB_MS_SHARED_GRAPHS="0" if job[0] == "unshared" else "1")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
         sys.stderr.write(f"job {job} failed (exit {p.returncode}): {p.stderr.strip().splitlines()[-1:]}\n")
@@ -141,7 +144,7 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--rows", default="ours,mindcv,torch", help="which rows to measure")
+    p.add_argument("--rows", default="ours,unshared,mindcv,torch", help="which rows to measure")
     p.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
                    help="an extra row of ours with a model override (ablation), repeatable")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
@@ -153,6 +156,9 @@ def main():
         return
     import yaml
     wanted = args.rows.split(",")
+    unknown = sorted(set(wanted) - {"ours", "unshared", "mindcv", "torch"})
+    if unknown:
+        p.error(f"unknown --rows {', '.join(unknown)}; choose from ours, unshared, mindcv, torch")
     jobs = []   # (model, label, job)
     for name in args.models.split(","):
         for label in wanted:

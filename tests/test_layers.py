@@ -6,7 +6,7 @@ from mindspore import Tensor, nn
 
 from conftest import rel_err
 from slab_ms.layers import PRepBN, RepBN, SimplifiedLinearAttention
-from slab_ms.layers.common import GELU
+from slab_ms.layers.common import GELU, shared_graph_key
 
 
 def counters(norm):
@@ -160,3 +160,69 @@ def test_gelu_gradient_is_the_exact_one(dtype):
     grad = ms.grad(net, 0)(Tensor(xs, dtype), Tensor(weights, dtype)).asnumpy().astype(np.float64)
     tol = 2e-6 if dtype == ms.float32 else 2e-2
     assert np.abs(grad - exact * weights.astype(np.float64)).max() <= tol * np.abs(weights).max()
+
+
+# ------------------------------------------------------------------ shared graphs (issue 16)
+def _deit_mini():
+    import slab_ms
+    return slab_ms.create_model("slab_deit_tiny", embed_dim=48, depth=2, num_heads=3, num_classes=10,
+                                drop_path_rate=0.0)
+
+
+def test_same_argument_cells_share_one_graph_and_train_as_separate_ones(monkeypatch):
+    """``shared_graph`` cells (PRepBN, SLA, Mlp, ...) built with the same arguments compile from one
+    front-end graph; two GRAPH_MODE training steps give bit for bit the parameters, BN statistics
+    and PRepBN counters of the same network compiled cell by cell (``SLAB_MS_SHARED_GRAPHS=0``)."""
+    from mindspore.train.serialization import load_param_into_net
+    from slab_ms.engine.train_step import NetWithLoss, Stepper, make_loss_scaler
+    shared = _deit_mini()
+    keys = [shared_graph_key(c) for _, c in shared.cells_and_names() if isinstance(c, PRepBN)]
+    assert len(keys) == 5 and len(set(keys)) == 1 and keys[0].startswith("lazy_inline_PRepBN")
+    monkeypatch.setenv("SLAB_MS_SHARED_GRAPHS", "0")
+    separate = _deit_mini()
+    monkeypatch.delenv("SLAB_MS_SHARED_GRAPHS")
+    assert not any(shared_graph_key(c) for _, c in separate.cells_and_names())
+    load_param_into_net(separate, {p.name: ms.Parameter(Tensor(p.asnumpy()), name=p.name)   # copies, not aliases
+                                   for p in shared.get_parameters()}, strict_load=True)
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((2, 3, 224, 224)).astype(np.float32))
+    y = Tensor(np.array([1, 7], np.int32))
+    for net in (shared, separate):
+        for norm in (c for _, c in net.cells_and_names() if isinstance(c, PRepBN)):
+            norm.set_schedule(8)
+        opt = nn.AdamWeightDecay(net.trainable_params(), learning_rate=1e-3)
+        stepper = Stepper(NetWithLoss(net, nn.CrossEntropyLoss()), opt, loss_scale=make_loss_scaler(1.0),
+                          clip_value=5.0, network=net)
+        stepper.step(x, y)
+        stepper.step(x, y)
+    got = {p.name: p.asnumpy() for p in shared.get_parameters()}
+    for p in separate.get_parameters():
+        np.testing.assert_array_equal(got[p.name], p.asnumpy(), err_msg=p.name)
+    iters = [int(v) for k, v in got.items() if k.endswith(".iter")]
+    assert iters == [6] * 5   # every PRepBN moved twice, not one of them for all
+    assert all(int(v) == 2 for k, v in got.items() if k.endswith("num_batches_tracked"))
+
+
+def test_cells_with_dropout_keep_their_own_graph_and_masks():
+    """Instances sharing a graph would share its random seed: two identical Mlps with dropout
+    must still draw different masks in GRAPH_MODE."""
+    from slab_ms.layers.common import Mlp
+    assert shared_graph_key(Mlp(8, 8)) == shared_graph_key(Mlp(8, 8)) is not None
+
+    class Two(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = Mlp(8, 16, drop=0.5), Mlp(8, 16, drop=0.5)
+            for pa, pb in zip(self.a.get_parameters(), self.b.get_parameters()):
+                pb.set_data(pa.data.copy())
+
+        def construct(self, x):
+            return self.a(x), self.b(x)
+    net = Two()
+    assert shared_graph_key(net.a) != shared_graph_key(net.b)
+    net.set_train(True)
+    a, b = net(tokens(shape=(4, 32, 8)))
+    assert not np.array_equal(a.asnumpy(), b.asnumpy())
+    net.set_train(False)
+    a, b = net(tokens(shape=(4, 32, 8)))
+    np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())

@@ -1,7 +1,47 @@
 """Small building blocks shared by every family: MLP, stochastic depth, initializers."""
+import functools
+import os
+
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import lazy_inline, nn, ops
 from mindspore.common import initializer as init
+
+
+def shared_graph(init_fn):
+    """Decorate a cell's ``__init__`` so that GRAPH_MODE builds its front-end graph once for all
+    instances made with the same arguments (MindSpore's ``lazy_inline``, ``policy="front"``: the
+    shared graph is inlined again before the backend, so kernels, results and exported MindIR are
+    unchanged). It cuts the first call of a training step, most of which is front-end
+    compilation of the many identical norms, attentions and MLPs (README, Training cost).
+
+    Only for cells whose graph depends on nothing but their constructor arguments and sub-cells.
+    An instance holding a random op (dropout, drop path) keeps a graph of its own: instances
+    sharing one would share its seed and draw the same masks. Decorate the concrete class: the
+    key is the class name and the arguments of the outermost decorated ``__init__``. Within one
+    network, every call of such cells passes the same number of arguments (``attn(x, None)``,
+    not ``attn(x)`` at some call sites): the shared graph has one signature.
+
+    ``SLAB_MS_SHARED_GRAPHS=0`` in the environment when a cell is built turns this off (every
+    instance compiled on its own, as MindSpore does by default).
+    """
+    lazy_init = lazy_inline(init_fn, policy="front")
+
+    @functools.wraps(init_fn)
+    def __init__(self, *args, **kwargs):
+        if os.environ.get("SLAB_MS_SHARED_GRAPHS", "1") == "0":
+            init_fn(self, *args, **kwargs)
+            return
+        lazy_init(self, *args, **kwargs)
+        if any(isinstance(c, (nn.Dropout, DropPath)) for _, c in self.cells_and_names()):
+            self.cell_init_args += f"[instance {id(self)}]"
+
+    return __init__
+
+
+def shared_graph_key(cell):
+    """The key under which ``cell`` shares its front-end graph (see :func:`shared_graph`), or None."""
+    key = getattr(cell, "cell_init_args", None)
+    return key if isinstance(key, str) and key.startswith("lazy_inline_") else None
 
 
 # logit(Phi(x)) ~= x * Q(x^2), Q(s) = sum_i GELU_LOGIT_COEFFS[i] * s^i: printed by scripts/fit_gelu.py.
@@ -56,6 +96,7 @@ class GELU(nn.Cell):
 class Mlp(nn.Cell):
     """fc1 -> exact (erf) GELU -> dropout -> fc2 -> dropout, as timm's Mlp."""
 
+    @shared_graph
     def __init__(self, in_features, hidden_features=None, out_features=None, drop=0.0):
         super().__init__()
         hidden_features = hidden_features or in_features

@@ -8,7 +8,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from .common import as_float32, cast_back
+from .common import as_float32, cast_back, shared_graph
 
 
 class TokenBatchNorm(nn.Cell):
@@ -97,6 +97,7 @@ class PRepBN(nn.Cell):
     ``norm1(x)`` bit for bit.
     """
 
+    @shared_graph
     def __init__(self, dim, total_step=300000, warm=0, r0=1.0, ln_eps=1e-5):
         super().__init__()
         self.warm = Parameter(Tensor(warm, ms.int64), name="warm", requires_grad=False)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from .common import as_float32, cast_back, chunk_last
+from .common import as_float32, cast_back, chunk_last, shared_graph
 
 
 class SimplifiedLinearAttention(nn.Cell):
@@ -25,6 +25,7 @@ class SimplifiedLinearAttention(nn.Cell):
     - No einsum (Ascend only): batched matmuls.
     """
 
+    @shared_graph
     def __init__(self, dim, num_tokens, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0, kernel_size=5,
                  separate_kv=False):
         super().__init__()

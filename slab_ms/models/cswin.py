@@ -14,7 +14,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from ..layers.common import DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
+from ..layers.common import (DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names,
+                             shared_graph)
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
 from ..layers.sla import merge_heads, prefer_kv_first, sla_heads, split_heads, token_map_conv
@@ -66,6 +67,7 @@ class StripeAttentionBase(nn.Cell):
 class LePEAttention(StripeAttentionBase):
     """CSWin's softmax attention within stripes plus LePE (upstream ``LePEAttention``)."""
 
+    @shared_graph
     def __init__(self, dim, resolution, idx, split_size, num_heads, attn_drop=0.0):
         super().__init__(dim, resolution, idx, split_size, num_heads)
         self.scale = (dim // num_heads) ** -0.5
@@ -90,6 +92,7 @@ class StripeLinearAttention(StripeAttentionBase):
     kept, frozen, so checkpoints keep their layout.
     """
 
+    @shared_graph
     def __init__(self, dim, resolution, idx, split_size, num_heads, kernel_size=5):
         super().__init__(dim, resolution, idx, split_size, num_heads)
         n = self.h_sp * self.w_sp

@@ -12,7 +12,8 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common import initializer as init
 
-from ..layers.common import DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
+from ..layers.common import (DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names,
+                             shared_graph)
 from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
@@ -23,6 +24,7 @@ from .registry import build_registered, overrides_from_defaults, register_infere
 class Attention(nn.Cell):
     """ViT multi-head softmax attention: one ``qkv`` Dense, scale ``head_dim ** -0.5``."""
 
+    @shared_graph
     def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
         if dim % num_heads:

@@ -13,7 +13,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common import initializer as init
 
-from ..layers.common import DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
+from ..layers.common import (DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names,
+                             shared_graph)
 from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
@@ -60,6 +61,7 @@ def roll_hw(x, shift):
 class WindowAttention(nn.Cell):
     """Swin's window softmax attention with a relative position bias and an optional -100 mask."""
 
+    @shared_graph
     def __init__(self, dim, window_size, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
         self.dim = dim

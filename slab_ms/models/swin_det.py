@@ -261,8 +261,8 @@ class DetSwinBlock(nn.Cell):
         windows = window_partition(x, ws)
         if self.shift_size > 0 and self.attn_type == "S":
             windows = self.attn(windows, mask)
-        else:
-            windows = self.attn(windows)
+        else:   # the same arity at every call: the attention cells share one graph (shared_graph)
+            windows = self.attn(windows, None)
         x = window_reverse(windows, b, hp, wp, ws)
         if self.shift_size > 0:
             x = roll_hw(x, self.shift_size)
