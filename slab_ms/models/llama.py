@@ -34,7 +34,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common import initializer as init
 
 from ..errors import CheckpointError, ConfigError
-from ..layers.common import no_weight_decay_names
+from ..layers.common import no_weight_decay_names, shared_graph
 from ..layers.prepbn import PRepBN, RepBN, TokenBatchNorm
 from ..layers.reparam import fold_norm, is_foldable
 from .registry import build_registered, overrides_from_defaults, register_inferer, register_language_model
@@ -354,6 +354,7 @@ class LlamaDecoderLayer(nn.Cell):
     """Pre-norm block: ``x + attn(input_layernorm(x))``, then ``x + mlp(post_attention_layernorm(x))``.
     The norms are called without the pad mask, as upstream's (its masked calls are commented out)."""
 
+    @shared_graph   # every layer of a model is built alike: one front-end graph for all of them
     def __init__(self, cfg, folded):
         super().__init__()
         h = cfg["hidden_size"]
