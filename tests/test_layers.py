@@ -4,7 +4,7 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from conftest import rel_err
+from conftest import GOLDEN_MINIS, rel_err
 from slab_ms.layers import PRepBN, RepBN, SimplifiedLinearAttention
 from slab_ms.layers.common import GELU, shared_graph_key
 
@@ -165,8 +165,8 @@ def test_gelu_gradient_is_the_exact_one(dtype):
 # ------------------------------------------------------------------ shared graphs (issue 16)
 def _deit_mini():
     import slab_ms
-    return slab_ms.create_model("slab_deit_tiny", embed_dim=48, depth=2, num_heads=3, num_classes=10,
-                                drop_path_rate=0.0)
+    model, overrides = GOLDEN_MINIS["slab_deit_mini"]
+    return slab_ms.create_model(model, **overrides)
 
 
 def test_same_argument_cells_share_one_graph_and_train_as_separate_ones(monkeypatch):
