@@ -203,6 +203,43 @@ def test_same_argument_cells_share_one_graph_and_train_as_separate_ones(monkeypa
     assert all(int(v) == 2 for k, v in got.items() if k.endswith("num_batches_tracked"))
 
 
+# One mini per family, and the blocks where one width meets two token counts or masks: pvt's
+# reduction norm, Swin's merging norm and masked attention, the detection Swin's.
+SHARING_CASES = [(m, dict(kw, drop_path_rate=0.0), (1, 3, 224, 224)) for m, kw in GOLDEN_MINIS.values()] + [
+    ("slab_swin_tiny_det", dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], drop_path_rate=0.0),
+     (1, 3, 96, 128)),
+    ("slab_llama_mini", dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=2, max_position_embeddings=16), (1, 8)),
+]
+
+
+@pytest.mark.parametrize("model,overrides,shape", SHARING_CASES, ids=[c[0] for c in SHARING_CASES])
+def test_cells_sharing_a_graph_see_one_input_signature(model, overrides, shape):
+    """Cells that share a key are called with the same input shapes (or None) everywhere in the
+    network: MindSpore 2.10 has compiled such a graph with one call's shapes for the other
+    (``graph_site``). A PyNative training forward records what every shared cell receives."""
+    import slab_ms
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = slab_ms.create_model(model, **overrides)
+    seen, sites = {}, {}
+    for name, cell in net.cells_and_names():
+        key = shared_graph_key(cell)
+        if key:
+            def record(c, args, key=key, name=name):
+                sig = tuple(tuple(a.shape) if isinstance(a, Tensor) else repr(a) for a in args)
+                seen.setdefault(key, set()).add(sig)
+                sites.setdefault(key, set()).add(name)
+            cell.register_forward_pre_hook(record)
+    net.set_train(True)
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 64, shape) if len(shape) == 2 else rng.standard_normal(shape)).astype(
+        np.int32 if len(shape) == 2 else np.float32)
+    net(Tensor(x))
+    assert seen, "no shared cell was called"
+    mixed = {sorted(sites[k])[0]: sorted(v) for k, v in seen.items() if len(v) > 1}
+    assert not mixed, mixed
+
+
 def test_cells_with_dropout_keep_their_own_graph_and_masks():
     """Instances sharing a graph would share its random seed: two identical Mlps with dropout
     must still draw different masks in GRAPH_MODE."""

@@ -38,6 +38,19 @@ def shared_graph(init_fn):
     return __init__
 
 
+def graph_site(cell, site):
+    """Give a :func:`shared_graph` cell a key of its own ``site`` and return it; a no-op for other
+    cells. Within one network, instances sharing a key must be called with inputs of the same
+    shapes and kinds (a tensor or None): MindSpore 2.10 sometimes keeps one call's shapes for the
+    other (``reshape(x.shape)`` compiled with the wrong shape; seen in CI, not reproducible at
+    will). Models mark the exceptions, such as a Swin patch-merging norm, which has the width of
+    the blocks two stages on but four times their tokens; ``tests/test_layers.py`` checks that no
+    key of any model sees two input shapes."""
+    if shared_graph_key(cell):
+        cell.cell_init_args += f"[{site}]"
+    return cell
+
+
 def shared_graph_key(cell):
     """The key under which ``cell`` shares its front-end graph (see :func:`shared_graph`), or None."""
     key = getattr(cell, "cell_init_args", None)

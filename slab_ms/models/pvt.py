@@ -20,7 +20,8 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common import initializer as init
 
-from ..layers.common import DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
+from ..layers.common import (DropPath, Mlp, chunk_last, drop_path_rates, graph_site, init_weights_trunc_normal,
+                             no_weight_decay_names)
 from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm_into, is_foldable
@@ -50,7 +51,8 @@ class SpatialReductionAttention(nn.Cell):
             if resolution % sr_ratio:
                 raise ValueError(f"stage resolution {resolution} is not divisible by sr_ratio {sr_ratio}")
             self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio, pad_mode="valid", has_bias=True)
-            self.norm = build_norm(norm, dim, total_step, ln_eps)
+            # the reduced map's tokens, not the block's: a graph apart from the block norms
+            self.norm = graph_site(build_norm(norm, dim, total_step, ln_eps), "sr")
 
     def input_layers(self):
         """The layers reading the block's norm1: ``q``, and ``sr`` (an unpadded conv) or ``kv``."""

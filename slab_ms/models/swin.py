@@ -14,7 +14,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common import initializer as init
 
 from ..layers.common import (DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names,
-                             shared_graph)
+                             graph_site, shared_graph)
 from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
@@ -133,6 +133,7 @@ class SwinBlock(nn.Cell):
         if shift_size > 0:
             self._attn_mask = shifted_window_mask(self.input_resolution, window_size, shift_size)
             self.attn_mask = Tensor(self._attn_mask)
+            graph_site(self.attn, "masked")   # called with a mask, the unshifted blocks' with None
         else:
             self._attn_mask = None
             self.attn_mask = None
@@ -189,7 +190,8 @@ class PatchMerging(nn.Cell):
         self.input_resolution = tuple(input_resolution)
         self.dim = dim
         self.reduction = nn.Dense(4 * dim, 2 * dim, has_bias=False)
-        self.norm = build_norm(norm, 4 * dim, total_step, ln_eps)
+        # 4x the tokens of the blocks two stages on, which have this width: a graph of its own
+        self.norm = graph_site(build_norm(norm, 4 * dim, total_step, ln_eps), "merge")
 
     def reparameterize(self):
         if is_foldable(self.norm):

@@ -37,7 +37,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from ..layers.common import DropPath, Mlp, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names
+from ..layers.common import DropPath, Mlp, drop_path_rates, graph_site, init_weights_trunc_normal, no_weight_decay_names
 from ..layers.prepbn import PRepBN, RepBN
 from ..layers.reparam import fold_norm, is_foldable, norm_affine
 from ..layers.sla import SimplifiedLinearAttention
@@ -227,8 +227,11 @@ class DetSwinBlock(nn.Cell):
         elif attn_type == "S":
             self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
                                         proj_drop=drop)
-            if qk_scale:
+            if qk_scale:   # read when compiling: instances that share a graph must agree on it
                 self.attn.scale = qk_scale
+                graph_site(self.attn, f"scale {qk_scale}")
+            if shift_size > 0:
+                graph_site(self.attn, "masked")   # called with a mask, the unshifted blocks' with None
         else:
             raise ValueError(f"attention type must be 'L' (SLA) or 'S' (softmax), got {attn_type!r}")
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
