@@ -19,7 +19,8 @@ def shared_graph(init_fn):
     sharing one would share its seed and draw the same masks. Decorate the concrete class: the
     key is the class name and the arguments of the outermost decorated ``__init__``. Within one
     network, every call of such cells passes the same number of arguments (``attn(x, None)``,
-    not ``attn(x)`` at some call sites): the shared graph has one signature.
+    not ``attn(x)`` at some call sites) with the same shapes: the shared graph has one
+    signature. Instances that break this get a key of their own with :func:`graph_site`.
 
     ``SLAB_MS_SHARED_GRAPHS=0`` in the environment when a cell is built turns this off (every
     instance compiled on its own, as MindSpore does by default).
@@ -42,10 +43,10 @@ def graph_site(cell, site):
     """Give a :func:`shared_graph` cell a key of its own ``site`` and return it; a no-op for other
     cells. Within one network, instances sharing a key must be called with inputs of the same
     shapes and kinds (a tensor or None): MindSpore 2.10 sometimes keeps one call's shapes for the
-    other (``reshape(x.shape)`` compiled with the wrong shape; seen in CI, not reproducible at
-    will). Models mark the exceptions, such as a Swin patch-merging norm, which has the width of
-    the blocks two stages on but four times their tokens; ``tests/test_layers.py`` checks that no
-    key of any model sees two input shapes."""
+    other (``reshape(x.shape)`` compiled with the wrong shape: once in CI, once in 96 compiles of
+    a stress loop; README, Training cost). Models mark the exceptions, such as a Swin
+    patch-merging norm, which has the width of the blocks two stages on but four times their
+    tokens; ``tests/test_layers.py`` checks that no key of any model sees two input shapes."""
     if shared_graph_key(cell):
         cell.cell_init_args += f"[{site}]"
     return cell
