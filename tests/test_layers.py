@@ -232,8 +232,7 @@ def test_cells_sharing_a_graph_see_one_input_signature(model, overrides, shape):
             cell.register_forward_pre_hook(record)
     net.set_train(True)
     rng = np.random.default_rng(0)
-    x = (rng.integers(0, 64, shape) if len(shape) == 2 else rng.standard_normal(shape)).astype(
-        np.int32 if len(shape) == 2 else np.float32)
+    x = rng.integers(0, 64, shape, dtype=np.int32) if len(shape) == 2 else rng.standard_normal(shape).astype(np.float32)
     net(Tensor(x))
     assert seen, "no shared cell was called"
     mixed = {sorted(sites[k])[0]: sorted(v) for k, v in seen.items() if len(v) > 1}
