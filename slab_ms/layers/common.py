@@ -34,7 +34,7 @@ def shared_graph(init_fn):
             return
         lazy_init(self, *args, **kwargs)
         if any(isinstance(c, (nn.Dropout, DropPath)) for _, c in self.cells_and_names()):
-            self.cell_init_args += f"[instance {id(self)}]"
+            graph_site(self, f"instance {id(self)}")
 
     return __init__
 
