@@ -15,7 +15,9 @@ rounds; the ratios against mindcv come from the same run.
 
 ``--set`` adds an ablation row of ours, e.g. ``--set slab_swin_tiny:norm=layernorm``. The row
 ``unshared`` (``--rows ours,unshared,mindcv``) is ours with ``SLAB_MS_SHARED_GRAPHS=0``: every
-cell compiled on its own, as before ``shared_graph`` (``slab_ms.layers.common``).
+cell compiled on its own, as before ``shared_graph`` (``slab_ms.layers.common``). The row
+``inforward`` is ours with the PRepBN counters moved inside the forward, as upstream does and as
+before ``engine.schedule.StepSchedule`` (``Stepper(schedule="forward")``).
 """
 import argparse
 import json
@@ -55,7 +57,7 @@ def ms_job(kind, name, overrides, batch, repeats, threads):
     from slab_ms.engine.train_step import NetWithLoss, Stepper, make_loss_scaler
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.device_context.cpu.op_tuning.threads_num(threads)
-    if kind in ("ours", "unshared"):
+    if kind in ("ours", "unshared", "inforward"):
         net = slab_ms.create_model(name, **overrides)
     else:
         import mindcv
@@ -67,7 +69,7 @@ def ms_job(kind, name, overrides, batch, repeats, threads):
             net = mindcv.create_model(twin, **kw)
     opt = nn.AdamWeightDecay(net.trainable_params(), learning_rate=1e-4, weight_decay=0.05)
     stepper = Stepper(NetWithLoss(net, nn.CrossEntropyLoss()), opt, loss_scale=make_loss_scaler(1.0),
-                      clip_value=5.0, network=net)
+                      clip_value=5.0, network=net, schedule="forward" if kind == "inforward" else "step")
     x, y = _batch(batch)
     x, y = ms.Tensor(x), ms.Tensor(y.astype("int32"))
     return timed(lambda: stepper.step(x, y), repeats, warmup=0)
@@ -156,9 +158,9 @@ def main():
         return
     import yaml
     wanted = args.rows.split(",")
-    unknown = sorted(set(wanted) - {"ours", "unshared", "mindcv", "torch"})
+    unknown = sorted(set(wanted) - {"ours", "unshared", "inforward", "mindcv", "torch"})
     if unknown:
-        p.error(f"unknown --rows {', '.join(unknown)}; choose from ours, unshared, mindcv, torch")
+        p.error(f"unknown --rows {', '.join(unknown)}; choose from ours, unshared, inforward, mindcv, torch")
     jobs = []   # (model, label, job)
     for name in args.models.split(","):
         for label in wanted:

@@ -249,3 +249,88 @@ def test_every_family_trains_in_graph_mode(name):
     if cells:
         assert {int(c.iter.asnumpy()) for c in cells} == {97}
     assert all(np.isfinite(p.asnumpy()).all() for p in net.trainable_params())
+
+
+def _twin_steppers(make_net, make_loss, opt_for, accumulation):
+    """Two identical networks and steppers: PRepBN counters moved by the step (one graph per
+    phase, the default) and inside the forward (upstream's)."""
+    nets = [make_net(), make_net()]
+    for p, q in zip(nets[0].get_parameters(), nets[1].get_parameters()):
+        q.set_data(p.data.copy())
+    steppers = [Stepper(make_loss(net), opt_for(net), accumulation=accumulation, loss_scale=make_loss_scaler(1.0),
+                        clip_value=1.0, network=net, schedule=mode) for net, mode in zip(nets, ("step", "forward"))]
+    assert steppers[0].schedule is not None and steppers[1].schedule is None
+    return nets, steppers
+
+
+def _assert_same_state(nets, steppers, what):
+    for p, q in zip(nets[0].get_parameters(), nets[1].get_parameters()):
+        np.testing.assert_array_equal(p.asnumpy(), q.asnumpy(), err_msg=f"{what}: {p.name}")
+    for p, q in zip(steppers[0].optimizer.moments1, steppers[1].optimizer.moments1):
+        np.testing.assert_array_equal(p.asnumpy(), q.asnumpy(), err_msg=f"{what}: {p.name}")
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_schedule_moved_by_the_step_equals_the_in_forward_schedule(accumulation):
+    """Warm-up, the mix and its end: the per-phase graphs with counters moved by the Stepper give the
+    parameters, BN statistics, counters, Adam moments and losses of upstream's in-forward counters,
+    bit for bit (the reported loss to 1e-6), and a direct call of the network afterwards still moves
+    its counters."""
+    cfg = tiny_cfg(gradient_accumulation_steps=accumulation)
+
+    def make_net():
+        net = build_model(cfg)
+        apply_schedule(net, 2, 1, accumulation)   # 1 warm-up + 2 optimizer steps of mix
+        return net
+
+    nets, steppers = _twin_steppers(make_net, lambda net: NetWithLoss(net, nn.CrossEntropyLoss()),
+                                    lambda net: build_optimizer(cfg, net, [1e-2] * 6), accumulation)
+    lams = []
+    for micro in range(5 * accumulation):
+        batch = _batch(micro)
+        losses = [s.step(*batch)[0] for s in steppers]
+        # the reported loss of an accumulating micro-step may differ in its last bits (two graphs
+        # reduce it differently); everything the step leaves behind is equal bit for bit
+        assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=0), (micro, losses)
+        _assert_same_state(nets, steppers, f"micro-step {micro}")
+        lams.append(current_lambda(nets[0]))
+    assert lams[accumulation - 1::accumulation] == pytest.approx([1.0, 0.5, 0.0, 0.0, 0.0])
+    assert sorted(steppers[0]._forward_steps) == ["mix", "warm"]
+    cells = prepbn_cells(nets[0])
+    apply_schedule(nets[0], 4, 0)
+    nets[0].set_train(True)
+    nets[0](_batch(9)[0])   # a direct call keeps upstream's behaviour: the counters move
+    assert {int(c.iter.asnumpy()) for c in cells} == {3}
+    cells[0].iter.set_data(ms.Tensor(10, ms.int64))   # modules that differ: the in-forward schedule
+    steppers[0].step(*_batch(10))
+    assert [int(c.iter.asnumpy()) for c in cells] == [9] + [2] * (len(cells) - 1)
+    assert "forward" in steppers[0]._forward_steps
+
+
+def test_llama_schedule_moved_by_the_step_equals_the_in_forward_schedule():
+    """The LLaMA PRepBN's 16-forward gating, from the middle of a period: warm-up, the mix, iter
+    moving on the period, with the pad mask of the final norm; bit for bit as in the forward."""
+    from slab_ms.engine.lm import CausalLMLoss
+    from slab_ms.models.llama import LlamaPRepBN
+
+    def make_net():
+        net = slab_ms.create_model("slab_llama_mini")
+        for c in prepbn_cells(net):
+            c.set_schedule(3, 1)
+            c.num_step.set_data(ms.Tensor(14, ms.int64))   # warm ends on the 3rd forward, iter moves on the 19th
+        return net
+
+    nets, steppers = _twin_steppers(make_net, CausalLMLoss,
+                                    lambda net: nn.AdamWeightDecay(net.trainable_params(), 1e-2), 1)
+    assert isinstance(prepbn_cells(nets[0])[0], LlamaPRepBN)
+    rng = np.random.default_rng(0)
+    vocab = nets[0].config["vocab_size"]
+    for f in range(20):
+        ids = ms.Tensor(rng.integers(0, vocab, (2, 8)).astype(np.int32))
+        mask = ms.Tensor((np.arange(8)[None] < np.array([[8], [5]])).astype(np.int32))
+        losses = [s.step(ids, mask)[0] for s in steppers]   # the reported loss to 1e-6, as above
+        assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=0), (f, losses)
+        _assert_same_state(nets, steppers, f"forward {f}")
+    c = prepbn_cells(nets[0])[0]
+    assert (int(c.num_step.asnumpy()), int(c.warm.asnumpy()), int(c.iter.asnumpy())) == (2, 0, 2)
+    assert sorted(steppers[0]._forward_steps) == ["mix", "warm"]

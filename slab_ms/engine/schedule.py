@@ -6,6 +6,11 @@ LayerNorm weight lambda then reaches 0 after exactly the planned number of optim
 The LLaMA PRepBN counts in periods of 16 forwards (upstream's gating): the plan is rounded up to
 whole periods (``LlamaPRepBN.counters_for``) and must still finish within the run.
 """
+import contextlib
+
+import mindspore as ms
+
+from ..layers.common import shared_graph_key
 from ..layers.prepbn import PRepBN
 from ..errors import ConfigError
 
@@ -61,3 +66,77 @@ def current_lambda(net):
     """The LayerNorm weight the next training forward uses (None without PRepBN)."""
     cells = prepbn_cells(net)
     return cells[0].lam() if cells else None
+
+
+class StepSchedule:
+    """The PRepBN schedule moved by the training step instead of inside the forward.
+
+    Upstream's PRepBN moves its counters in every training forward and selects, inside the
+    forward, between warm-up (``norm1`` only, BN statistics held still) and the mix. In a
+    differentiated graph those side effects and selects cost a third of the compile time
+    (README, Training cost). Here the training step's forward is compiled per phase of the
+    schedule (``schedule_mode`` "warm" or "mix", read at compile time; a run compiles the warm
+    graph only if it has a warm-up), and the counters, equal in every module, are moved after each
+    forward from Python (``counters_after_forward``; 25 modules take about 0.5 ms, where a graph
+    doing it took 0.2 s to compile). Parameters, statistics and counters are those of the
+    in-forward schedule bit for bit (``tests/test_engine.py``). Direct calls of the network keep
+    upstream's behaviour.
+
+    Where the modules' counters differ (a hand-edited checkpoint) or a PRepBN kind has no
+    per-phase forward (the detection one), the caller keeps the in-forward schedule.
+    """
+
+    def __init__(self, net, norms):
+        self.norms = norms
+        self.names = norms[0].counter_names
+        self.rule = norms[0].counters_after_forward
+        self._expected = None   # the counters the last advance() set
+        # shared front-end graphs (layers.common.shared_graph) that hold a PRepBN get the phase in
+        # their key, so that a graph parsed for one phase is never reused for the other
+        self.shared = [(cell, shared_graph_key(cell)) for _, cell in net.cells_and_names()
+                       if shared_graph_key(cell) and any(isinstance(c, PRepBN) for _, c in cell.cells_and_names())]
+
+    @classmethod
+    def for_network(cls, net):
+        """A StepSchedule for ``net``'s PRepBN modules, or None (no PRepBN, or a kind without the
+        per-phase forward)."""
+        norms = prepbn_cells(net)
+        if not norms or len({type(c) for c in norms}) != 1 or not getattr(norms[0], "phase_forward", False):
+            return None
+        return cls(net, norms)
+
+    def counters(self):
+        """``{name: int}``, the counters every module holds, or None when the modules differ (the
+        caller then runs the in-forward schedule). Only the first module is read while it holds
+        what the last :meth:`advance` set; anything else (a checkpoint loaded, a direct call)
+        checks them all again."""
+        first = {n: int(getattr(self.norms[0], n).asnumpy()) for n in self.names}
+        if first != self._expected:
+            values = {tuple(int(getattr(c, n).asnumpy()) for n in self.names) for c in self.norms}
+            if len(values) != 1:
+                self._expected = None
+                return None
+        return first
+
+    def advance(self, counters):
+        """Set every module's counters to their values after one training forward from ``counters``."""
+        values = self.rule(*(counters[n] for n in self.names))
+        for norm in self.norms:
+            for n, v in zip(self.names, values):
+                getattr(norm, n).set_data(ms.Tensor(v, ms.int64))
+        self._expected = dict(zip(self.names, values))
+
+    @contextlib.contextmanager
+    def compiled_as(self, phase):
+        """Within: a graph compiled from the network gets the forward of ``phase``."""
+        self._set(phase, f"[schedule {phase}]")
+        try:
+            yield
+        finally:
+            self._set("forward", "")
+
+    def _set(self, mode, suffix):
+        for norm in self.norms:
+            norm.schedule_mode = mode
+        for cell, key in self.shared:
+            cell.cell_init_args = key + suffix

@@ -11,6 +11,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
+from .schedule import StepSchedule
+
 _ema_op = ops.MultitypeFuncGraph("slab_ema")
 _add_op = ops.MultitypeFuncGraph("slab_accumulate")
 _zero_op = ops.MultitypeFuncGraph("slab_zero")
@@ -245,10 +247,15 @@ class Stepper:
 
     ``applied`` is True on the micro-step that ended an optimizer step. With accumulation 1
     a single fused graph runs; otherwise AccumulateStep k times, then ApplyAccumulated.
+
+    ``schedule="step"`` (the default) moves the PRepBN counters from here after each forward and
+    compiles the forward per schedule phase (:class:`slab_ms.engine.schedule.StepSchedule`: the
+    same numbers as upstream's in-forward counters, less compile time); ``"forward"`` keeps them
+    in the forward, as a direct call of the network does.
     """
 
     def __init__(self, net_with_loss, optimizer, accumulation=1, loss_scale=None, grad_reducer=None,
-                 clip_value=None, ema_decay=None, network=None):
+                 clip_value=None, ema_decay=None, network=None, schedule="step"):
         self.accumulation = accumulation
         self.loss_scale = loss_scale or make_loss_scaler()
         self.ema_pairs = []
@@ -263,25 +270,47 @@ class Stepper:
         self.optimizer = optimizer
         self.net_with_loss = net_with_loss
         self.micro = 0
+        if schedule not in ("step", "forward"):
+            raise ValueError(f"schedule must be 'step' or 'forward', got {schedule!r}")
+        # "step": PRepBN counters moved by this driver, one forward graph per schedule phase
+        # (engine.schedule.StepSchedule); "forward", or modules whose counters differ: upstream's
+        # in-forward counters, one graph
+        self.schedule = StepSchedule.for_network(net_with_loss) if schedule == "step" else None
         if accumulation == 1:
-            self.train_step = TrainStep(net_with_loss, optimizer, self.loss_scale, **kw)
-            self.train_step.set_train()
+            self._make_forward_step = lambda: TrainStep(net_with_loss, optimizer, self.loss_scale, **kw)
         else:
             weights = optimizer.parameters
             self.accum = ParameterTuple([Parameter(ops.zeros(p.shape, ms.float32), name="accum." + p.name,
                                                    requires_grad=False) for p in weights])
-            self.accumulate = AccumulateStep(net_with_loss, weights, self.accum, self.loss_scale)
-            self.accumulate.set_train()
+            self._make_forward_step = lambda: AccumulateStep(net_with_loss, weights, self.accum, self.loss_scale)
             self.apply = ApplyAccumulated(self.accum, accumulation, optimizer, self.loss_scale, **kw)
+        self._forward_steps = {}   # per schedule phase ("forward" without a StepSchedule)
+
+    def _forward_step(self, phase):
+        if phase not in self._forward_steps:
+            cell = self._make_forward_step()
+            cell.set_train()
+            self._forward_steps[phase] = cell
+        return self._forward_steps[phase]
+
+    def _forward(self, x, y):
+        counters = self.schedule.counters() if self.schedule is not None else None
+        if counters is None:
+            return self._forward_step("forward")(x, y)
+        phase = "warm" if counters["warm"] > 0 else "mix"
+        with self.schedule.compiled_as(phase):
+            out = self._forward_step(phase)(x, y)
+        self.schedule.advance(counters)
+        return out
 
     def step(self, x, y):
         """One micro-step in training mode (the network is switched to training on every call:
         evaluation in between must not leave PRepBN/BN in eval behaviour)."""
         self.net_with_loss.set_train(True)
         if self.accumulation == 1:
-            loss, finite = self.train_step(x, y)
+            loss, finite = self._forward(x, y)
             return float(loss.asnumpy()), True, bool(finite.asnumpy())
-        loss = float(self.accumulate(x, y).asnumpy())
+        loss = float(self._forward(x, y).asnumpy())
         self.micro += 1
         if self.micro % self.accumulation:
             return loss, False, True

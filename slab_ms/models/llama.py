@@ -207,9 +207,28 @@ class LlamaPRepBN(PRepBN):
             return PHASE * (warm - 1) + 1 if warm else 0
         return PHASE * (warm + total_step - 1) + 1
 
+    counter_names = ("num_step", "warm", "iter")
+
+    @staticmethod
+    def counters_after_forward(num_step, warm, it):
+        """``(num_step, warm, iter)`` as Python ints after one training forward (see the class)."""
+        on_phase = num_step % PHASE == 0
+        if on_phase and warm > 0:
+            warm -= 1
+        elif on_phase and it > 0 and warm <= 0:
+            it -= 1
+        return (num_step + 1) % PHASE, warm, it
+
     def construct(self, x, pad_mask=None):
         if not self.training:
             return self.norm2(x)
+        if self.schedule_mode == "warm":
+            return self.norm1(x)
+        if self.schedule_mode == "mix":
+            lam = self.r0 * self.iter.astype(ms.float32) / self.total_step.astype(ms.float32)
+            x1 = self.norm1(x)
+            x2 = self.norm2(x, pad_mask, None)
+            return lam.astype(x1.dtype) * x1 + (1.0 - lam).astype(x1.dtype) * x2
         num_step, warm, it = self.num_step, self.warm, self.iter
         on_phase = (num_step % PHASE) == 0
         in_warm = warm > 0

@@ -72,6 +72,8 @@ class DetectionPRepBN(PRepBN):
     non-trainable Parameters (upstream buffers), updated in GRAPH_MODE with ``ops.assign``.
     """
 
+    phase_forward = False   # its construct has the in-forward schedule only
+
     def __init__(self, dim, total_step=300000, r0=1.0, ln_eps=1e-5):
         nn.Cell.__init__(self)   # not PRepBN.__init__: no warm-up counter in this layout
         self.iter = Parameter(Tensor(total_step, ms.int64), name="iter", requires_grad=False)
