@@ -3,9 +3,10 @@
     python bench/bench_train.py [--models slab_swin_tiny,slab_deit_tiny] [--batch 8] [--rounds 2]
                                 [--repeats 3] [--threads N] [--set name:key=value ...] [--out bench/results]
 
-For each model, three rows: ``ours`` (slab_ms in GRAPH_MODE), ``mindcv`` (mindcv's model of the
-same size: ``swin_tiny`` for the Swin family, a ViT of DeiT's size for DeiT) and ``torch`` (our
-PyTorch reference, ``torch_ref``). One step is forward, backward, gradient clipping and AdamW
+For each model, three main rows: ``ours`` (slab_ms in GRAPH_MODE), ``mindcv`` (mindcv's model of
+the same size: ``swin_tiny`` for the Swin family, a ViT of DeiT's size for DeiT) and ``torch``
+(our PyTorch reference, ``torch_ref``), and two rows of ours as it was before two changes
+(below). One step is forward, backward, gradient clipping and AdamW
 on a random (batch, 3, 224, 224) batch; the MindSpore rows use the same training-step cells
 (``slab_ms.engine.train_step.Stepper``), so the difference is the model. Every figure comes from
 its own fresh process (MindSpore keeps its memory pool for the life of a process): the first
@@ -146,7 +147,7 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--rows", default="ours,unshared,mindcv,torch", help="which rows to measure")
+    p.add_argument("--rows", default="ours,inforward,unshared,mindcv,torch", help="which rows to measure")
     p.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
                    help="an extra row of ours with a model override (ablation), repeatable")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
