@@ -98,15 +98,16 @@ class PRepBN(nn.Cell):
 
     ``schedule_mode`` (read when a graph is compiled) says who moves the counters in training:
     ``"forward"`` (the default, upstream's): every training forward, as above. ``"warm"`` and
-    ``"mix"``: the caller, after each forward (:meth:`counters_after_forward`), and the forward is compiled
-    for one phase of the schedule, ``norm1(x)`` during warm-up, ``lam * norm1 + (1 - lam) * norm2``
-    after it, with no counter update and no statistics gating in the differentiated graph.
-    :class:`slab_ms.engine.train_step.Stepper` uses them: the same numbers bit for bit, a third
-    less compile time (README, Training cost).
+    ``"mix"``: the caller, after each forward (:meth:`counters_after_forward`), and the forward
+    is compiled for one phase of the schedule, ``norm1(x)`` during warm-up,
+    ``lam * norm1 + (1 - lam) * norm2`` after it, with no counter update and no statistics gating
+    in the differentiated graph. :class:`slab_ms.engine.train_step.Stepper` uses them: the same
+    numbers bit for bit, a shorter first call (README, Training cost).
     """
 
     schedule_mode = "forward"
-    phase_forward = True   # this class compiles the "warm" and "mix" forwards
+    phase_forward = True                 # this class compiles the "warm" and "mix" forwards
+    counter_names = ("warm", "iter")     # the counters a training forward moves
 
     @shared_graph
     def __init__(self, dim, total_step=300000, warm=0, r0=1.0, ln_eps=1e-5):
@@ -152,8 +153,6 @@ class PRepBN(nn.Cell):
         one = ops.ones_like(warm)
         return (warm - ops.select(in_warm, one, zero),
                 it - ops.select(ops.logical_and(ops.logical_not(in_warm), it > 0), one, zero))
-
-    counter_names = ("warm", "iter")   # the counters a training forward moves
 
     @staticmethod
     def counters_after_forward(warm, it):

@@ -173,7 +173,8 @@ class LlamaPRepBN(PRepBN):
     ``norm2(x)`` with running statistics, every token normalised.
 
     Counters are non-trainable int64 parameters updated in ``construct`` without data-dependent
-    control flow (``select``), so the cell compiles in GRAPH_MODE.
+    control flow (``select``), so the cell compiles in GRAPH_MODE. ``schedule_mode`` "warm"/"mix"
+    as in :class:`PRepBN`: the trainer moves the counters (:meth:`counters_after_forward`).
     """
 
     def __init__(self, dim, eps=1e-6, warm=10000, total_step=18000, r0=1.0):
