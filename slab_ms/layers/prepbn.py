@@ -146,14 +146,6 @@ class PRepBN(nn.Cell):
     def _scheduled_lam(self, it):
         return self.r0 * it.astype(ms.float32) / self.total_step.astype(ms.float32)
 
-    def _next_counters(self, warm, it):
-        """``(warm, iter)`` after one training forward that started from ``(warm, it)``."""
-        in_warm = warm > 0
-        zero = ops.zeros_like(warm)
-        one = ops.ones_like(warm)
-        return (warm - ops.select(in_warm, one, zero),
-                it - ops.select(ops.logical_and(ops.logical_not(in_warm), it > 0), one, zero))
-
     @staticmethod
     def counters_after_forward(warm, it):
         """``(warm, iter)`` as Python ints after one training forward from ``(warm, it)``: what
@@ -181,9 +173,10 @@ class PRepBN(nn.Cell):
         in_warm = warm > 0
         scheduled = self._scheduled_lam(it)
         lam = ops.select(in_warm, ops.ones_like(scheduled), scheduled)
-        new_warm, new_it = self._next_counters(warm, it)
-        ops.assign(self.warm, new_warm)
-        ops.assign(self.iter, new_it)
+        zero = ops.zeros_like(warm)
+        one = ops.ones_like(warm)
+        ops.assign(self.warm, warm - ops.select(in_warm, one, zero))
+        ops.assign(self.iter, it - ops.select(ops.logical_and(ops.logical_not(in_warm), it > 0), one, zero))
         x1 = self.norm1(x)
         return self._mix(x1, self.norm2(x, ops.logical_not(in_warm)), lam)
 
