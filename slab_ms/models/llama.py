@@ -220,20 +220,23 @@ class LlamaPRepBN(PRepBN):
             it -= 1
         return (num_step + 1) % PHASE, warm, it
 
+    @staticmethod
+    def _mix(x1, x2, lam):
+        """``lam * x1 + (1 - lam) * x2`` with ``1 - lam`` taken in float32 (upstream's order)."""
+        return lam.astype(x1.dtype) * x1 + (1.0 - lam).astype(x1.dtype) * x2
+
     def construct(self, x, pad_mask=None):
         if not self.training:
             return self.norm2(x)
         if self.schedule_mode == "warm":
             return self.norm1(x)
         if self.schedule_mode == "mix":
-            lam = self.r0 * self.iter.astype(ms.float32) / self.total_step.astype(ms.float32)
             x1 = self.norm1(x)
-            x2 = self.norm2(x, pad_mask, None)
-            return lam.astype(x1.dtype) * x1 + (1.0 - lam).astype(x1.dtype) * x2
+            return self._mix(x1, self.norm2(x, pad_mask, None), self._scheduled_lam(self.iter))
         num_step, warm, it = self.num_step, self.warm, self.iter
         on_phase = (num_step % PHASE) == 0
         in_warm = warm > 0
-        lam = self.r0 * it.astype(ms.float32) / self.total_step.astype(ms.float32)
+        lam = self._scheduled_lam(it)
         zero, one = ops.zeros_like(warm), ops.ones_like(warm)
         ops.assign(self.warm, warm - ops.select(ops.logical_and(in_warm, on_phase), one, zero))
         dec_iter = ops.logical_and(ops.logical_and(ops.logical_not(in_warm), it > 0), on_phase)
@@ -241,8 +244,7 @@ class LlamaPRepBN(PRepBN):
         ops.assign(self.num_step, (num_step + 1) % PHASE)
         x1 = self.norm1(x)
         x2 = self.norm2(x, pad_mask, ops.logical_not(in_warm))
-        mixed = lam.astype(x1.dtype) * x1 + (1.0 - lam).astype(x1.dtype) * x2
-        return ops.where(in_warm, x1, mixed)
+        return ops.where(in_warm, x1, self._mix(x1, x2, lam))
 
 
 class FoldedNorm(nn.Cell):

@@ -103,7 +103,7 @@ class DetectionPRepBN(PRepBN):
         if not self.training:
             return self.norm2(x)
         it = self.iter
-        lam = self.r0 * it.astype(ms.float32) / self.total_step.astype(ms.float32)
+        lam = self._scheduled_lam(it)
         step = ops.select(it > 0, ops.ones_like(it), ops.zeros_like(it))
         ops.assign(self.iter, it - step)
         x1 = self.norm1(x)
