@@ -22,12 +22,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import slab_ms  # noqa: E402,F401  (oneDNN ISA before MindSpore loads)
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import slab_ms  # noqa: F401  (oneDNN ISA before MindSpore loads)
+import numpy as np
+from PIL import Image
 
 
 def synthetic_jpeg(rng, w, h):
@@ -54,8 +51,7 @@ def damaged(jpeg):
 
 
 CHILD = """
-import sys, numpy as np
-sys.path.insert(0, {root!r})
+import numpy as np
 import slab_ms
 raw = np.fromfile({path!r}, np.uint8)
 if {which!r} == "mindspore":
@@ -79,7 +75,7 @@ def crash_check(jpeg, tmp):
             f.write(data)
         got = []
         for which in ("mindspore", "ImageDecoder"):
-            p = subprocess.run([sys.executable, "-c", CHILD.format(root=ROOT, path=path, which=which)],
+            p = subprocess.run([sys.executable, "-c", CHILD.format(path=path, which=which)],
                                capture_output=True, text=True, timeout=300, cwd=tmp)   # Decode drops an
             # abnormal_image.jpg into the working directory when it fails
             lines = p.stdout.strip().splitlines()

@@ -13,15 +13,11 @@ the fused and unfused outputs, and how many norm cells the fold removed.
 import argparse
 import os
 import statistics
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import slab_ms  # noqa: E402  (oneDNN ISA before MindSpore loads)
-import numpy as np  # noqa: E402
-import mindspore as ms  # noqa: E402
+import slab_ms  # oneDNN ISA before MindSpore loads
+import numpy as np
+import mindspore as ms
 
 
 def count_norms(net):

@@ -1,5 +1,5 @@
 """Generation speed of the PRepBN LLaMA at batch 1: MindSpore (RMSNorm twin, PRepBN unfused,
-PRepBN fused) against the PyTorch reference (torch_ref/llama.py), one run on one machine.
+PRepBN fused) against the PyTorch reference (slab_ms/convert/torch_ref/llama.py), one run on one machine.
 
     python bench/bench_lm.py [--model slab_llama_350m] [--prefill 128,512] [--new-tokens 64]
                              [--repeats 3] [--threads N] [--out bench/results]
@@ -23,12 +23,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
+from timing import timed  # same directory
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import numpy as np  # noqa: E402
-
-from timing import timed  # noqa: E402  (same directory)
 
 ROWS = [("ms", "rmsnorm"), ("ms", "prepbn"), ("ms", "prepbn fused"), ("torch", "rmsnorm"), ("torch", "prepbn")]
 PROMPT = 128
@@ -37,8 +36,8 @@ PROMPT = 128
 def run_ms(model, variant, prefills, new_tokens, repeats, threads, profile_tokens=0):
     import slab_ms
     import mindspore as ms
-    from slab_ms.generation import (GenerationStats, _bias, _cache_index, _positions, _round_up, generate,
-                                    kv_runner, CACHE_ROUND)
+    from slab_ms.lm.generation import (GenerationStats, _bias, _cache_index, _positions, _round_up, generate,
+                                       kv_runner, CACHE_ROUND)
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.device_context.cpu.op_tuning.threads_num(threads)
     t = time.perf_counter()
@@ -116,7 +115,7 @@ def profile_ms_ops(run, top=4):
 def profile_ms_decode(net, rng, cfg, new_tokens):
     """:func:`profile_ms_ops` over a generation of ``new_tokens`` after an 8-token prompt (the
     prefill is about one decode step of work)."""
-    from slab_ms.generation import generate
+    from slab_ms.lm.generation import generate
     prompt = rng.integers(3, cfg["vocab_size"], size=(1, 8))
     generate(net, prompt, max_new_tokens=2, eos_token_id=None)   # compile outside the profile
     return profile_ms_ops(lambda: generate(net, prompt, max_new_tokens=new_tokens, eos_token_id=None))
@@ -146,7 +145,8 @@ def profile_torch_decode(net, past, logits, start, new_tokens):
 
 def run_torch(model, variant, prefills, new_tokens, repeats, threads, profile_tokens=0):
     import torch
-    from torch_ref import llama as ref_llama
+    from _reference import load_reference_llama
+    ref_llama = load_reference_llama()   # without slab_ms: MindSpore does not load in the PyTorch rows
     torch.set_num_threads(threads)
     t = time.perf_counter()
     net = ref_llama.create_model(model, norm=variant).eval()

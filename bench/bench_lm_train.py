@@ -6,7 +6,7 @@
                                    [--profile MODEL] [--profile-steps 3] [--out bench/results]
 
 Four rows per model: MindSpore PRepBN (``slab_ms``, GRAPH_MODE), its RMSNorm twin (``norm='rmsnorm'``),
-and the PyTorch reference (``torch_ref/llama.py``) with each norm. One step is one optimizer step
+and the PyTorch reference (``slab_ms/convert/torch_ref/llama.py``) with each norm. One step is one optimizer step
 on a random (batch, seq) batch with an all-ones mask: forward, mean next-token cross-entropy,
 backward, global-norm gradient clipping at 1.0 and AdamW (lr 3e-4, weight decay 0.1, betas
 0.9/0.95, eps 1e-8, every trainable parameter decayed). MindSpore runs the training-step cells of
@@ -65,11 +65,10 @@ def _batch(vocab, batch, seq):
 
 # ------------------------------------------------------------------------------------- MindSpore
 def ms_job(job):
-    sys.path.insert(0, ROOT)
     import slab_ms  # oneDNN ISA before MindSpore loads
     import mindspore as ms
     from mindspore import Tensor, nn
-    from slab_ms.engine.lm import CausalLMLoss
+    from slab_ms.lm.loss import CausalLMLoss
     from slab_ms.engine.schedule import prepbn_cells
     from slab_ms.engine.train_step import Stepper, make_loss_scaler
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -109,10 +108,10 @@ def profile_ms_steps(step, steps):
 
 # --------------------------------------------------------------------------------------- PyTorch
 def torch_job(job):
-    sys.path.insert(0, ROOT)
     import torch
     from torch.nn import functional as F
-    from torch_ref import llama as ref_llama   # without slab_ms: MindSpore must not load in this process
+    from _reference import check_no_mindspore, load_reference_llama
+    ref_llama = load_reference_llama()   # without slab_ms: MindSpore must not load in this process
     torch.set_num_threads(job["threads"])
     net = ref_llama.create_model(job["model"], norm=job["norm"], **job["overrides"])
     net.train()
@@ -142,6 +141,7 @@ def torch_job(job):
     out = _result(first, median, job, lam, losses)
     if job.get("profile"):
         out["profile"] = profile_torch_steps(step, job["profile"])
+    check_no_mindspore()
     return out
 
 

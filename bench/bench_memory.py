@@ -14,22 +14,22 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("ms", "ms fused", "torch")
 
 
 def job(model, variant, batch, threads):
-    sys.path.insert(0, ROOT)
     import numpy as np
     x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     if variant == "torch":  # without slab_ms, so that MindSpore's libraries do not count here
         import torch
-        import torch_ref
+        from _reference import check_no_mindspore, load_torch_ref
+        torch_ref = load_torch_ref()
         torch.set_num_threads(threads)
         net = torch_ref.create_model(model).eval()
         with torch.no_grad():
             for _ in range(3):
                 net(torch.from_numpy(x))
+        check_no_mindspore()
     else:
         import slab_ms  # oneDNN ISA before MindSpore loads
         import mindspore as ms

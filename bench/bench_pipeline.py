@@ -38,7 +38,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r"""
 import json, os, sys, time
-sys.path.insert(0, {root!r})
 import slab_ms  # noqa (oneDNN ISA before MindSpore loads)
 import psutil
 from slab_ms.engine import data as data_lib
@@ -79,7 +78,6 @@ print(json.dumps({{"rate": images / (end - start), "per_cpu_s": images / used, "
 
 GIL = r"""
 import glob, sys, threading, time
-sys.path.insert(0, {root!r})
 import slab_ms  # noqa
 import numpy as np
 from mindcv.data.mixup import Mixup
@@ -129,7 +127,7 @@ def gil_held(config, data):
     time alone (T0 = free + held) against their time while another thread always wants the GIL and
     they take turns (T1 ~ free + 2 held), so held ~ T1 - T0. Threads of one process cannot go
     beyond ~1 / held images/s whatever the cores."""
-    p = subprocess.run([sys.executable, "-c", GIL.format(root=ROOT, config=config, data=data)], capture_output=True,
+    p = subprocess.run([sys.executable, "-c", GIL.format(config=config, data=data)], capture_output=True,
                        text=True, timeout=600, cwd=data)
     if p.returncode != 0:
         raise SystemExit(f"GIL estimate failed:\n{p.stderr[-3000:]}")
@@ -168,7 +166,7 @@ def make_images(root, n, seed=0):
 
 
 def run(config, data, samples, workers, processes, decoder):
-    code = CHILD.format(root=ROOT, config=config, data=data, samples=samples, workers=workers,
+    code = CHILD.format(config=config, data=data, samples=samples, workers=workers,
                         processes=processes, decoder=decoder)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800, cwd=data)
     lines = p.stdout.strip().splitlines()

@@ -8,7 +8,8 @@ Rows per model: MindSpore eval of the model as trained (``ms``), re-parameterize
 the same fused network with softmax attention in every stage (``ms fused SSSS``), the fused
 network exported to MindIR (dynamic batch) and run from the file (``ms fused MindIR``), the same
 file rewritten for and run by MindSpore Lite 2.0's C++ runtime (``lite fused``, scripts/get_lite.sh
-builds the runner; its latency is the runner's own mean Predict time), and the PyTorch reference (eval, no_grad) with the same thread count. Columns: batch-1 latency (ms,
+builds the runner; its latency is the runner's own mean Predict time), and the PyTorch reference
+(eval, no_grad) with the same thread count. Columns: batch-1 latency (ms,
 median), throughput at the larger batches (images/s), first-call time at batch 1 (MindSpore:
 graph compile; MindIR: loading the file and compiling it). One training step (forward, backward,
 AdamW) at ``--train-batch`` for the first model, MindSpore GRAPH_MODE against PyTorch. Writes
@@ -24,13 +25,12 @@ import platform
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import slab_ms  # oneDNN ISA before MindSpore loads
+import numpy as np
+import mindspore as ms
+from timing import timed  # same directory: the benchmarks' one timing rule
 
-import slab_ms  # noqa: E402  (oneDNN ISA before MindSpore loads)
-import numpy as np  # noqa: E402
-import mindspore as ms  # noqa: E402
-from timing import timed  # noqa: E402,F401  (same directory; profile_ops imports it from here)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PUBLISHED_TOP1 = {"slab_swin_tiny": 81.8, "slab_swin_small": 83.6, "swin_tiny_prepbn": 81.4,
                   "deit_tiny_prepbn": 73.6, "deit_small_prepbn": 80.2, "slab_deit_tiny": 74.3,
@@ -72,36 +72,21 @@ def mindir_forward(net, size, tmp):
 
 
 def lite_measure(net, batches, repeats, size, threads, tmp):
-    """The fused network through MindSpore Lite's C++ runtime (deploy/lite's runner, built by
-    scripts/get_lite.sh; the MindIR rewritten with --mindir-compat 2.0). The runner is a separate
-    process (Lite and MindSpore cannot share one): the first-call time is a whole run (process start,
-    Build, one Predict); the latency is the runner's own mean over ``repeats`` Predict calls after
-    the first, with ``threads`` threads as the other rows. None when the runner is not built."""
-    import subprocess
+    """The fused network through MindSpore Lite's C++ runtime (slab_ms/deploy/lite_runner's runner,
+    built by scripts/get_lite.sh; the MindIR rewritten with --mindir-compat 2.0), timed by
+    ``_lite.time_lite_runner``: the first-call time is a whole run (process start, Build, one
+    Predict); the latency is the runner's own mean over ``repeats`` Predict calls after the first,
+    with ``threads`` threads as the other rows. None when the runner is not built."""
     from slab_ms.deploy import default_lite_runner
-    from slab_ms.mindir_compat import convert_file
+    from slab_ms.deploy.mindir import convert_file
+    from _lite import time_lite_runner
     runner = default_lite_runner()
     if runner is None:
         return None
     path = os.path.join(tmp, "model")
     ms.export(net, ms.Tensor(shape=[None, 3, size, size], dtype=ms.float32), file_name=path, file_format="MINDIR")
     convert_file(path + ".mindir", path + ".mindir")
-    out = {}
-    for b in batches:
-        src, dst = os.path.join(tmp, "in.npy"), os.path.join(tmp, "out.npy")
-        np.save(src, np.random.default_rng(b).standard_normal((b, 3, size, size)).astype(np.float32))
-        cmd = [runner, path + ".mindir", src, dst, "--threads", str(threads)]
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        first = time.perf_counter() - t
-        p = subprocess.run(cmd + ["--repeat", str(repeats if b == 1 else max(2, repeats // 2))], check=True,
-                           capture_output=True, text=True)
-        med = json.loads(p.stdout.strip().splitlines()[-1])["predict_ms"] / 1000
-        if b == batches[0]:
-            out["first_call_s"] = first
-        out[f"b{b}_ms"] = 1000 * med
-        out[f"b{b}_ips"] = b / med
-    return out
+    return time_lite_runner(runner, path + ".mindir", batches, repeats, size, threads, tmp)
 
 
 def torch_forward(model):
@@ -129,7 +114,8 @@ def ms_train_step(name, batch, size, repeats):
 
 def torch_train_step(name, batch, size, repeats):
     import torch
-    import torch_ref
+    from _reference import load_torch_ref
+    torch_ref = load_torch_ref()
     model = torch_ref.create_model(name, img_size=size)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
@@ -197,7 +183,8 @@ def run_variant(name, variant, batches, repeats, threads):
     size = 224
     if variant == "torch":
         import torch
-        import torch_ref
+        from _reference import load_torch_ref
+        torch_ref = load_torch_ref()
         torch.set_num_threads(threads)
         return measure(torch_forward(torch_ref.create_model(name)), batches, repeats, size)
     net = softmax_variant(name) if variant == "ms fused SSSS" else slab_ms.create_model(name)

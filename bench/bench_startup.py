@@ -36,7 +36,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = r"""
 import json, os, sys, time
-sys.path.insert(0, {root!r})
 import slab_ms  # noqa (oneDNN ISA before MindSpore loads)
 from slab_ms.engine import data as data_lib
 from mindcv.data import create_dataset
@@ -120,7 +119,7 @@ def drop_caches(root):
 def run(root, what, classes, world=1):
     """Start ``world`` processes, wait until each has imported, release them together; returns
     (wall seconds from release to the last answer, [each process's own seconds], n)."""
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD.format(root=ROOT, root_data=root, what=what, rank=r,
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD.format(root_data=root, what=what, rank=r,
                                                                   world=world, classes=classes)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root)
              for r in range(world)]
@@ -147,7 +146,6 @@ def main():
     p.add_argument("--dir", default=None, help="where to make the temporary tree (default: the system's temp dir)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "startup.md"))
     args = p.parse_args()
-    sys.path.insert(0, ROOT)
 
     parent = args.dir or tempfile.gettempdir()
     free = shutil.disk_usage(parent).free

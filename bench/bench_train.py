@@ -5,7 +5,7 @@
 
 For each model, three main rows: ``ours`` (slab_ms in GRAPH_MODE), ``mindcv`` (mindcv's model of
 the same size: ``swin_tiny`` for the Swin family, a ViT of DeiT's size for DeiT) and ``torch``
-(our PyTorch reference, ``torch_ref``), and two rows of ours as it was before two changes
+(our PyTorch reference, ``slab_ms.convert.torch_ref``), and two rows of ours as it was before two changes
 (below). One step is forward, backward, gradient clipping and AdamW
 on a random (batch, 3, 224, 224) batch; the MindSpore rows use the same training-step cells
 (``slab_ms.engine.train_step.Stepper``), so the difference is the model. Every figure comes from
@@ -51,7 +51,6 @@ def _batch(batch, size=224):
 
 
 def ms_job(kind, name, overrides, batch, repeats, threads):
-    sys.path.insert(0, ROOT)
     import slab_ms  # oneDNN ISA before MindSpore loads
     import mindspore as ms
     from mindspore import nn
@@ -77,9 +76,9 @@ def ms_job(kind, name, overrides, batch, repeats, threads):
 
 
 def torch_job(name, overrides, batch, repeats, threads):
-    sys.path.insert(0, ROOT)
     import torch
-    import torch_ref   # without slab_ms: MindSpore's libraries must not count in this process
+    from _reference import check_no_mindspore, load_torch_ref
+    torch_ref = load_torch_ref()   # without slab_ms: MindSpore's libraries must not count in this process
     torch.set_num_threads(threads)
     model = torch_ref.create_model(name, **overrides)
     model.train()
@@ -93,7 +92,9 @@ def torch_job(name, overrides, batch, repeats, threads):
         loss_fn(model(x), y).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
-    return timed(step, repeats, warmup=0)
+    got = timed(step, repeats, warmup=0)
+    check_no_mindspore()
+    return got
 
 
 def run_job(job, threads):

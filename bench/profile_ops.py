@@ -7,17 +7,13 @@ Prints the median time of each op in MindSpore GRAPH_MODE and in PyTorch and the
 """
 import argparse
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import slab_ms  # noqa: E402,F401  (oneDNN ISA before MindSpore loads)
-import numpy as np  # noqa: E402
-import mindspore as ms  # noqa: E402
-from mindspore import nn, ops  # noqa: E402
-from bench_speed import timed  # noqa: E402  (same directory: one timing rule for both scripts)
-from slab_ms.layers.common import GELU, chunk_last  # noqa: E402
+import slab_ms  # noqa: F401  (oneDNN ISA before MindSpore loads)
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+from slab_ms.layers.common import GELU, chunk_last
+from timing import timed  # same directory: the benchmarks' one timing rule
 
 
 def median_ms(fn, repeats=10):
