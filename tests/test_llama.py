@@ -16,10 +16,12 @@ from slab_ms.checkpoint import load_param_dict, read_ms_checkpoint
 from slab_ms.cli.convert import main as convert_main
 from slab_ms.convert.hf import load_llama
 from slab_ms.convert.mapping import torch_layout, torch_to_ms
-from slab_ms.models.llama import llama_counters
-from torch_ref import llama as ref_llama
+from slab_ms.convert.hf import llama_counters
+from slab_ms.convert.torch_ref import llama as ref_llama
 
-TOL = float(os.environ.get("LLAMA_TOL", 1e-5))
+# float32 parity bound (rel_err) against upstream's goldens and the PyTorch reference; the largest
+# measured in this file is 4.5e-6 (fresh h48_3heads weights), most are 1e-6 to 2e-6.
+TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -250,18 +252,23 @@ def test_float16_model_runs_trains_and_folds_in_half_precision(llama_ref, mini_c
     half = net(ids, mask)
     assert half.dtype == ms.float16
     half = half.asnumpy().astype(np.float32)
-    assert rel_err(half, g["logits_eval"]) <= 5e-3                      # 2.6e-3 measured
-    assert (half.argmax(-1) == g["logits_eval"].argmax(-1)).mean() >= 0.97
+    assert rel_err(half, g["logits_eval"]) <= 4e-3                      # 2.6e-3 measured
+    # the same next-token argmax as float32 at all 3 x 12 positions (padded ones included)
+    np.testing.assert_array_equal(half.argmax(-1), g["logits_eval"].argmax(-1))
     net.set_train(True)
-    for _ in range(3):   # warm, warm (1 -> 0), mixing: counters and BN statistics move in float16
+    for i in (1, 2, 3):   # warm, warm (1 -> 0), mixing: counters and BN statistics move in float16
         train = net(ids, mask).asnumpy().astype(np.float32)
-    assert rel_err(train, g["logits_train_3"]) <= 5e-3
+        assert rel_err(train, g[f"logits_train_{i}"]) <= 3e-3, i         # 1.5e-3, 1.5e-3, 1.8e-3 measured
+        # argmax against float32: the two warm-up forwards (RMSNorm only) differ at one of the 36
+        # positions (measured), the mixing forward at none
+        assert (train.argmax(-1) != g[f"logits_train_{i}"].argmax(-1)).sum() <= (1 if i < 3 else 0), i
     assert llama_counters(net)["model.norm.warm"] == 0
     net.set_train(False)
     fused_net = slab_ms.reparameterize(load_llama(mini_ckpt, dtype="float16"))
     assert {p.dtype for p in fused_net.trainable_params()} == {ms.float16}
     fused = fused_net(ids, mask).asnumpy().astype(np.float32)
-    assert rel_err(fused, g["logits_merged"]) <= 5e-3
+    assert rel_err(fused, g["logits_merged"]) <= 4e-3                   # 2.6e-3 measured
+    np.testing.assert_array_equal(fused.argmax(-1), g["logits_merged"].argmax(-1))
 
 
 def test_bfloat16_model_builds_with_float32_rotary_tables():
