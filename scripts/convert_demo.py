@@ -59,7 +59,7 @@ def main():
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     import torch
-    import torch_ref
+    from slab_ms.convert import torch_ref
 
     src = os.path.join(args.out, f"{args.model}_torch.pth")
     ckpt = os.path.join(args.out, f"{args.model}.ckpt")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MindSpore Lite's C++ runtime and our runner (deploy/lite), ready to use:
+# MindSpore Lite's C++ runtime and our runner (slab_ms/deploy/lite_runner), ready to use:
 #   bash scripts/get_lite.sh        # prints the runner's path as its last line
 # The only Lite on PyPI is 2.0.0, a CPython 3.7 wheel; its Python binding does not load into newer
 # Pythons, but its C++ runtime runs from any process that has not loaded MindSpore. This fetches the
@@ -13,7 +13,7 @@ CACHE="${LITE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/slab_ms/lite-2.0.0}"
 RUNNER="$CACHE/lite_runner"
 WHEEL=mindspore_lite-2.0.0-cp37-cp37m-manylinux1_x86_64.whl
 SHA256=199cd0605cc985b88eddb273db9dfe9000a585ba10ca2292b6b36ebfff07b3ec
-if [ -x "$RUNNER" ] && [ "$RUNNER" -nt "$ROOT/deploy/lite/lite_runner.cc" ]; then echo "$RUNNER"; exit 0; fi
+if [ -x "$RUNNER" ] && [ "$RUNNER" -nt "$ROOT/slab_ms/deploy/lite_runner/lite_runner.cc" ]; then echo "$RUNNER"; exit 0; fi
 if [ "$(uname -m)" != "x86_64" ]; then echo "error: PyPI's Lite 2.0.0 wheel is x86_64 only" >&2; exit 1; fi
 if ! command -v g++ >/dev/null 2>&1; then echo "error: g++ not found (apt-get install g++)" >&2; exit 1; fi
 PY=python3
@@ -44,5 +44,5 @@ with zipfile.ZipFile(sys.argv[1]) as z:
 PY
   mv "$TMP/unpacked/mindspore_lite" "$CACHE/mindspore_lite"
 fi
-MSLITE_HOME="$CACHE/mindspore_lite" bash "$ROOT/deploy/lite/build.sh" "$RUNNER" >/dev/null
+MSLITE_HOME="$CACHE/mindspore_lite" bash "$ROOT/slab_ms/deploy/lite_runner/build.sh" "$RUNNER" >/dev/null
 echo "$RUNNER"

@@ -42,7 +42,7 @@ MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-$((20000 + RANDOM % 20000))}"
 # Before any worker starts: the config and the overrides, and the data tree (splits, class count);
 # prints the output directory.
-OUT=$(python -m slab_ms.engine.config "$CONFIG" --check-data --get ckpt_save_dir "$@") || exit 2
+OUT=$(python -m slab_ms.engine.task "$CONFIG" --check-data --get ckpt_save_dir "$@") || exit 2
 OUT=$(echo "$OUT" | tail -n 1)
 mkdir -p "$OUT/logs"
 echo "== msrun: $NNODES node(s) x $WORKERS worker(s), node rank $NODE_RANK, master $MASTER_ADDR:$MASTER_PORT, logs in $OUT/logs"

@@ -13,3 +13,7 @@ from .models.registry import register_with_mindcv  # noqa: E402
 register_with_mindcv()
 
 __version__ = "0.1.0"
+
+__all__ = ["CheckpointError", "ConfigError", "PRepBN", "RepBN", "SimplifiedLinearAttention", "SlabError",
+           "TrainingError", "create_model", "is_model", "list_models", "load_checkpoint", "load_param_dict",
+           "read_ms_checkpoint", "register_model", "remaining_norms", "reparameterize", "save_ms_checkpoint"]

@@ -1,11 +1,11 @@
 """MindSpore checkpoint I/O with strict loading (every missing, unexpected or mis-shaped
 parameter is named) and atomic writes."""
 import os
-import tempfile
 
 import numpy as np
 import mindspore as ms
 
+from .io import atomic_write
 from .errors import CheckpointError
 
 
@@ -28,15 +28,8 @@ def read_ms_checkpoint(path):
 
 def save_ms_checkpoint(params, path):
     """Write ``{name: np.ndarray}`` as a ``.ckpt``, via a temp file renamed into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_write(path, suffix=".ckpt") as tmp:
         ms.save_checkpoint([{"name": k, "data": ms.Tensor(np.asarray(v))} for k, v in params.items()], tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_param_dict(net, params, what="checkpoint"):

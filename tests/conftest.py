@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import re
@@ -8,12 +9,15 @@ import time
 
 import numpy as np
 import pytest
+import yaml
+
+import slab_ms  # noqa: F401  (before mindspore: oneDNN ISA)
+import mindspore as ms
+from slab_ms.checkpoint import save_ms_checkpoint
+from slab_ms.engine.common import build_model
+from slab_ms.engine.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import slab_ms  # noqa: E402  (before mindspore: oneDNN ISA)
-import mindspore as ms  # noqa: E402
 
 SHARED = os.environ.get("SLAB_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
 REFERENCE = os.path.join(SHARED, "reference")
@@ -119,3 +123,61 @@ def run_two_workers(config, out, *overrides, timeout=900):
     assert sorted(r for r, _ in digests) == ["0", "1"], digests
     assert len({d for _, d in digests}) == 1, f"replicas differ: {digests}"
     return json.loads(open(os.path.join(out, "summary.json")).read())
+
+
+def load_script(name):
+    """A module of scripts/ (e.g. ``make_digits``), loaded from its file: scripts/ is not a package."""
+    spec = importlib.util.spec_from_file_location(f"_slab_script_{name}", os.path.join(ROOT, "scripts", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_digits = load_script("make_digits")
+
+
+def randomize_ms(net, seed=0, bias_scale=0.02, weight_scale=0.02):
+    """Trained-looking state: weights at init scale, BN statistics and affines non-trivial,
+    alpha != 1, biases non-zero (``bias_scale``)."""
+    rng = np.random.default_rng(seed)
+    for name, p in net.parameters_and_names():
+        if p.dtype == ms.int64:
+            continue
+        last = name.rsplit(".", 1)[-1]
+        shape = p.shape
+        if last == "moving_variance":
+            v = rng.random(shape) + 0.5
+        elif last == "moving_mean":
+            v = 0.1 * rng.standard_normal(shape)
+        elif last == "alpha":
+            v = np.full(shape, 0.7)
+        elif last == "gamma":
+            v = 1 + 0.1 * rng.standard_normal(shape)
+        elif last in ("bias", "beta"):
+            v = bias_scale * rng.standard_normal(shape)
+        else:
+            v = weight_scale * rng.standard_normal(shape)
+        p.set_data(ms.Tensor(v.astype(np.float32)))
+    return net
+
+
+# The tiny quickstart-shaped model of the export, Lite and inference tests.
+TINY_KW = {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "attn_type": "LS", "window_size": 8}
+
+
+def tiny_digits_model(tmp_path):
+    """The digits tree, a quickstart config at a tiny size on it, and a random model whose outputs
+    depend on the image, saved: ``(digits, config path, cfg, net in eval mode, checkpoint path)``."""
+    digits = str(tmp_path / "digits")
+    make_digits.build(digits, size=32)
+    config = tmp_path / "tiny.yaml"
+    with open(os.path.join(ROOT, "configs", "quickstart_digits.yaml")) as f:
+        cfg_data = yaml.safe_load(f)
+    cfg_data.update(model_kwargs=TINY_KW, data_dir=digits)
+    config.write_text(yaml.safe_dump(cfg_data))
+    cfg = load_config(str(config))
+    net = randomize_ms(build_model(cfg), seed=11, weight_scale=0.08)
+    ckpt = str(tmp_path / "tiny.ckpt")
+    save_ms_checkpoint({k: v.asnumpy() for k, v in net.parameters_and_names()}, ckpt)
+    net.set_train(False)
+    return digits, str(config), cfg, net, ckpt

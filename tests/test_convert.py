@@ -1,10 +1,8 @@
 """Converter: bit-exact round trip, strict errors, nothing partial written, no pickled code run."""
 import json
 import os
-import pickle
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ import torch
 import mindspore as ms
 
 import slab_ms
-import torch_ref
+from slab_ms.convert import torch_ref
 from conftest import GOLDEN_MINIS, ROOT, SWIN_MINI
 from slab_ms.convert.api import mindspore_to_torch, torch_to_mindspore
 from slab_ms.convert.torch_io import CheckpointError, extract_state_dict, read_torch_checkpoint

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import stat
-import sys
 
 import numpy as np
 import pytest
@@ -16,12 +15,10 @@ import mindspore.dataset as ds
 import mindspore.dataset.vision as vision
 from PIL import Image
 
-from conftest import ROOT, undecodable_images
+from conftest import ROOT, make_digits, undecodable_images
 from slab_ms.engine import data as data_lib
 from slab_ms.engine.config import ConfigError, load_config
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import make_digits  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,13 @@ from mindspore import nn, ops
 
 import slab_ms
 from slab_ms.engine.config import ConfigError, load_config, parse_overrides
-from slab_ms.engine.lm_trainer import build_lm, is_language_config
+from slab_ms.engine.lm_trainer import build_lm
+from slab_ms.engine.task import is_language_config
 from slab_ms.engine.recalibrate import recalibrate_bn
 from slab_ms.engine.schedule import apply_schedule, current_lambda, plan_schedule, prepbn_cells
 from slab_ms.engine.state import collect_state
 from slab_ms.engine.train_step import NetWithLoss, Stepper, make_loss_scaler
-from slab_ms.engine.trainer import build_model, build_optimizer
+from slab_ms.engine.common import build_model, build_optimizer
 from slab_ms.layers.prepbn import RepBN
 
 from conftest import ROOT, SMALL_VARIANTS
@@ -98,7 +99,7 @@ def test_lambda_goes_from_one_to_zero_over_optimizer_steps(accumulation):
     stepper, _ = _stepper(cfg, net, accumulation)
     cells = prepbn_cells(net)
     lams, micro = [current_lambda(net)], 0
-    for s in range(5):
+    for _ in range(5):
         for _ in range(accumulation):
             loss, applied, finite = stepper.step(*_batch(micro))
             micro += 1
@@ -118,7 +119,8 @@ def test_schedule_must_end_before_the_run():
     with pytest.raises(ConfigError, match="ends after the run"):   # the model default, 60000 steps
         plan_schedule(tiny_cfg(), net, total_opt_steps=1000)
     assert plan_schedule(tiny_cfg(prepbn_fraction=0.5), net, total_opt_steps=9) == (4, 0)
-    plain = build_model(tiny_cfg(model_kwargs="{embed_dim: 16, depths: [1, 1], num_heads: [1, 2], attn_type: LS, window_size: 8, norm: repbn}"))
+    plain = build_model(tiny_cfg(model_kwargs="{embed_dim: 16, depths: [1, 1], num_heads: [1, 2], attn_type: LS, "
+                                              "window_size: 8, norm: repbn}"))
     assert plan_schedule(tiny_cfg(), plain, total_opt_steps=9) is None
     with pytest.raises(ConfigError, match="has no PRepBN"):
         plan_schedule(tiny_cfg(prepbn_steps=3), plain, total_opt_steps=9)
@@ -310,7 +312,7 @@ def test_schedule_moved_by_the_step_equals_the_in_forward_schedule(accumulation)
 def test_llama_schedule_moved_by_the_step_equals_the_in_forward_schedule():
     """The LLaMA PRepBN's 16-forward gating, from the middle of a period: warm-up, the mix, iter
     moving on the period, with the pad mask of the final norm; bit for bit as in the forward."""
-    from slab_ms.engine.lm import CausalLMLoss
+    from slab_ms.lm.loss import CausalLMLoss
     from slab_ms.models.llama import LlamaPRepBN
 
     def make_net():

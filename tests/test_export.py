@@ -7,22 +7,13 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
 import mindspore as ms
 
 import slab_ms
 from slab_ms.checkpoint import save_ms_checkpoint
 from slab_ms.engine import data as data_lib
-from slab_ms.engine.config import load_config
-from slab_ms.engine.trainer import build_model
 
-from conftest import ROOT, SMALL_VARIANTS, SWIN_MINI, rel_err, undecodable_images
-from test_reparam import randomize_ms
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import make_digits  # noqa: E402
-
-TINY_KW = {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "attn_type": "LS", "window_size": 8}
+from conftest import ROOT, SMALL_VARIANTS, SWIN_MINI, randomize_ms, rel_err, tiny_digits_model, undecodable_images
 
 
 def export(*args):
@@ -107,24 +98,6 @@ def test_export_refuses_bad_requests(mini_ckpt, tmp_path):
         p = subprocess.run(base + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert p.returncode == 1 and pattern in p.stderr.strip().splitlines()[-1], p.stderr[-1500:]
         assert not any(f.suffix in (".mindir", ".onnx") for f in tmp_path.iterdir())
-
-
-def tiny_digits_model(tmp_path):
-    """The digits tree, a quickstart config at a tiny size on it, and a random model whose outputs
-    depend on the image, saved: ``(digits, config path, cfg, net in eval mode, checkpoint path)``."""
-    digits = str(tmp_path / "digits")
-    make_digits.build(digits, size=32)
-    config = tmp_path / "tiny.yaml"
-    with open(os.path.join(ROOT, "configs", "quickstart_digits.yaml")) as f:
-        cfg_data = yaml.safe_load(f)
-    cfg_data.update(model_kwargs=TINY_KW, data_dir=digits)
-    config.write_text(yaml.safe_dump(cfg_data))
-    cfg = load_config(str(config))
-    net = randomize_ms(build_model(cfg), seed=11, weight_scale=0.08)
-    ckpt = str(tmp_path / "tiny.ckpt")
-    save_ms_checkpoint({k: v.asnumpy() for k, v in net.parameters_and_names()}, ckpt)
-    net.set_train(False)
-    return digits, str(config), cfg, net, ckpt
 
 
 def test_infer_matches_the_validation_pipeline(tmp_path):

@@ -10,10 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, make_digits
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import make_digits  # noqa: E402
 
 from slab_ms.checkpoint import load_pretrained, read_ms_checkpoint  # noqa: E402
 from slab_ms.errors import CheckpointError  # noqa: E402
@@ -72,7 +70,8 @@ def test_a_schedule_in_the_config_restarts_prepbn_and_other_mismatches_stay_erro
     """Built without training (no compile): ``prepbn_fraction`` set -> the counters restart; an
     architecture mismatch outside the classifier is still a strict error naming the parameter."""
     from slab_ms.engine.config import load_config, parse_overrides
-    from slab_ms.engine.trainer import Run, build_model
+    from slab_ms.engine.common import build_model
+    from slab_ms.engine.trainer import Run
     ckpt, new, base = pretrained
     argv = ["--config", os.path.join(ROOT, "configs", "finetune_digits.yaml"), "--data_dir", new,
             "--ckpt_save_dir", str(base / "restart"), "--ckpt_path", ckpt, *SMALL, *BUDGET]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import slab_ms
-import torch_ref
+from slab_ms.convert import torch_ref
 from conftest import ROOT
 from slab_ms.convert.api import mindspore_to_torch, torch_to_mindspore
 from slab_ms.convert.torch_io import CheckpointError

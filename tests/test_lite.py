@@ -1,5 +1,5 @@
 """MindSpore Lite for real: MindIR exported by MindSpore 2.10 with ``--mindir-compat 2.0`` runs in
-Lite 2.0.0's C++ runtime (deploy/lite's runner, built by scripts/get_lite.sh, which scripts/test.sh
+Lite 2.0.0's C++ runtime (slab_ms/deploy/lite_runner, built by scripts/get_lite.sh, which scripts/test.sh
 runs first) and gives MindSpore's logits; infer.py --runtime lite-cpp scores the digits as the
 validation pipeline does; unknown ops and damaged files are one-line errors."""
 import json
@@ -13,11 +13,9 @@ import mindspore as ms
 
 from slab_ms.deploy import build_for_export, default_lite_runner, export_model
 from slab_ms.engine import data as data_lib
-from slab_ms.mindir_compat import CompatError, convert_file
+from slab_ms.deploy.mindir import CompatError, convert_file
 
-from conftest import ROOT, SMALL_VARIANTS, rel_err
-from test_export import tiny_digits_model
-from test_reparam import randomize_ms
+from conftest import ROOT, SMALL_VARIANTS, randomize_ms, rel_err, tiny_digits_model
 
 RUNNER = default_lite_runner()
 needs_lite = pytest.mark.skipif(RUNNER is None, reason="Lite runner not built (bash scripts/get_lite.sh)")
@@ -69,7 +67,7 @@ def test_infer_lite_cpp_scores_the_digits_as_validation_does(tmp_path):
                         os.path.join(digits, "val"), "--runtime", "lite-cpp", "--batch_size", "128", "--quiet"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.startswith("runtime: mindspore_lite C++ (deploy/lite) (cpu)")
+    assert p.stdout.startswith("runtime: mindspore_lite C++ (lite_runner) (cpu)")
     result = json.loads(p.stdout.strip().splitlines()[-1])
     labels = np.array([int(os.path.basename(os.path.dirname(f))) for f in
                        sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(digits, "val")) for f in fs)])

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 from slab_ms.checkpoint import read_ms_checkpoint
 from slab_ms.cli.convert import main as convert_main
 from slab_ms.convert.hf import load_llama, sidecar_path
-from torch_ref import llama as ref_llama
+from slab_ms.convert.torch_ref import llama as ref_llama
 
 
 @pytest.fixture(scope="module")

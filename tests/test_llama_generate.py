@@ -12,8 +12,8 @@ from slab_ms.cli.convert import main as convert_main
 from slab_ms.cli.generate import main as generate_main
 from slab_ms.convert.hf import load_llama
 from slab_ms.errors import ConfigError
-from slab_ms.generation import GenerationStats, generate, generate_text, kv_runner, warp_logits
-from slab_ms.tokenizer import load_tokenizer
+from slab_ms.lm.generation import GenerationStats, generate, generate_text, kv_runner, warp_logits
+from slab_ms.lm.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

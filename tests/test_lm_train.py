@@ -12,13 +12,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, kill_when_written, run_two_workers
+from slab_ms.checkpoint import read_ms_checkpoint
+from slab_ms.lm.tokenizer_training import train_tokenizer
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import make_text_corpus  # noqa: E402
-import train_tokenizer  # noqa: E402
+from conftest import ROOT, kill_when_written, load_script, run_two_workers
 
-from slab_ms.checkpoint import read_ms_checkpoint  # noqa: E402
+make_text_corpus = load_script("make_text_corpus")
 
 CONFIG = os.path.join(ROOT, "configs", "quickstart_lm.yaml")
 SMALL = ["--model_kwargs", "{vocab_size: 512, hidden_size: 64, intermediate_size: 172, num_hidden_layers: 2, "
@@ -32,7 +31,7 @@ def corpus(tmp_path_factory):
     data = str(root / "pydoc.jsonl")
     make_text_corpus.write(data)
     tok = str(root / "tok.model")
-    train_tokenizer.train_tokenizer(data, 512, tok, val_fraction=0.15)   # the split of configs/quickstart_lm.yaml
+    train_tokenizer(data, 512, tok, val_fraction=0.15)   # the split of configs/quickstart_lm.yaml
     return data, tok
 
 
@@ -61,7 +60,7 @@ def upstream_gating(total_step, warm, forwards):
     """Upstream's LinearNorm (the PyTorch reference) run ``forwards`` training forwards from the
     counters the trainer sets: its counters after each forward, and the lambda its next forward uses."""
     import torch
-    from torch_ref.llama import LinearNorm
+    from slab_ms.convert.torch_ref.llama import LinearNorm
     norm = LinearNorm(8, warm=warm, step=total_step).train()
     x = torch.randn(2, 3, 8)
     states = []

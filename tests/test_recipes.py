@@ -9,7 +9,7 @@ import pytest
 
 from slab_ms.engine import data as data_lib
 from slab_ms.engine.config import load_config
-from slab_ms.engine.trainer import learning_rates
+from slab_ms.engine.common import learning_rates
 
 from conftest import ROOT
 

@@ -7,34 +7,9 @@ import mindspore as ms
 import slab_ms
 from slab_ms.layers.prepbn import TokenBatchNorm
 
-from conftest import SMALL_VARIANTS, SWIN_MINI, rel_err
+from conftest import SMALL_VARIANTS, SWIN_MINI, randomize_ms, rel_err
 
 MINIS = {name: dict(kw, num_classes=10, drop_path_rate=0.0) for name, kw in SMALL_VARIANTS.items()}
-
-
-def randomize_ms(net, seed=0, bias_scale=0.02, weight_scale=0.02):
-    """Trained-looking state: weights at init scale, BN statistics and affines non-trivial,
-    alpha != 1, biases non-zero (``bias_scale``)."""
-    rng = np.random.default_rng(seed)
-    for name, p in net.parameters_and_names():
-        if p.dtype == ms.int64:
-            continue
-        last = name.rsplit(".", 1)[-1]
-        shape = p.shape
-        if last == "moving_variance":
-            v = rng.random(shape) + 0.5
-        elif last == "moving_mean":
-            v = 0.1 * rng.standard_normal(shape)
-        elif last == "alpha":
-            v = np.full(shape, 0.7)
-        elif last == "gamma":
-            v = 1 + 0.1 * rng.standard_normal(shape)
-        elif last in ("bias", "beta"):
-            v = bias_scale * rng.standard_normal(shape)
-        else:
-            v = weight_scale * rng.standard_normal(shape)
-        p.set_data(ms.Tensor(v.astype(np.float32)))
-    return net
 
 
 def _pair(name, seed=0, **kw):

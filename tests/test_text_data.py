@@ -1,8 +1,7 @@
-"""The LLaMA text pipeline (slab_ms.engine.text_data) on real English text (Python's own pydoc
+"""The LLaMA text pipeline (slab_ms.lm.text_data) on real English text (Python's own pydoc
 topics): corpus formats, the deterministic split, the token cache (built once, reused, rebuilt
 when the corpus or the tokenizer changes, old keys removed), blocks and batches sharded over
 ranks, the one-line errors, and the scripts train_tokenizer.py and make_text_corpus.py."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,25 +11,17 @@ import numpy as np
 import pytest
 from pydoc_data.topics import topics
 
-from conftest import ROOT
-from slab_ms.engine import text_data as td
+from conftest import ROOT, load_script
+from slab_ms.lm import text_data as td
 from slab_ms.errors import ConfigError
-from slab_ms.tokenizer import Tokenizer, load_tokenizer
+from slab_ms.lm.tokenizer import Tokenizer, load_tokenizer
+from slab_ms.lm.tokenizer_training import train_tokenizer
 
 SCRIPTS = os.path.join(ROOT, "scripts")
 # Ten real documents, a few thousand words: enough for a 512-piece tokenizer, quick to train.
 TOPIC_NAMES = ["assert", "break", "continue", "del", "global", "if", "pass", "return", "while", "with"]
 
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"_slab_script_{name}", os.path.join(SCRIPTS, name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_tokenizer_script = _script("train_tokenizer")
-make_text_corpus = _script("make_text_corpus")
+make_text_corpus = load_script("make_text_corpus")
 
 
 def one_line(excinfo):
@@ -58,7 +49,7 @@ def tokenizers(tmp_path_factory, docs):
     out = {}
     for vocab in (512, 600):
         path = str(folder / f"tok{vocab}.model")
-        summary = train_tokenizer_script.train_tokenizer(docs, vocab, path)
+        summary = train_tokenizer(docs, vocab, path)
         assert summary["vocab_size"] == vocab and summary["documents"] == len(docs)
         out[vocab] = path
     return out
@@ -385,7 +376,7 @@ def test_train_tokenizer_cli_trains_on_train_split_and_refuses_overwrite(tmp_pat
     assert (tok.sp.unk_id(), tok.bos_id, tok.eos_id, tok.pad_id) == (0, 1, 2, -1)
     # Deterministic: the function on the same corpus and split writes the same bytes.
     same = str(tmp_path / "same.model")
-    train_tokenizer_script.train_tokenizer(corpus, 512, same, val_fraction=0.2)
+    train_tokenizer(corpus, 512, same, val_fraction=0.2)
     assert open(same, "rb").read() == open(out, "rb").read()
     before = open(out, "rb").read()
     p = subprocess.run(cmd + ["--vocab_size", "600"], capture_output=True, text=True, timeout=120)
@@ -395,7 +386,7 @@ def test_train_tokenizer_cli_trains_on_train_split_and_refuses_overwrite(tmp_pat
 
 def test_train_tokenizer_too_big_vocab_is_one_line(tmp_path, docs):
     with pytest.raises(ConfigError) as e:
-        train_tokenizer_script.train_tokenizer(docs[:2], 50000, str(tmp_path / "x.model"))
+        train_tokenizer(docs[:2], 50000, str(tmp_path / "x.model"))
     assert "Vocabulary size too high" in one_line(e) and not os.path.exists(tmp_path / "x.model")
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import torch_ref
+from slab_ms.convert import torch_ref
 from conftest import GOLDEN_MINIS, ROOT, rel_err
 
 NEW_FAMILIES = ["deit_tiny_prepbn", "deit_small_prepbn", "slab_deit_tiny", "slab_deit_small", "pvt_tiny_prepbn",

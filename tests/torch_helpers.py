@@ -1,7 +1,7 @@
 """Helpers that need torch (test-only dependency)."""
 import torch
 
-import torch_ref
+from slab_ms.convert import torch_ref
 
 
 def randomize(model, seed=0, iter_fraction=0.5, alpha=0.7):

@@ -41,27 +41,29 @@ def main(argv=None):
     p.add_argument("--hf-format", choices=["safetensors", "bin"], default="safetensors",
                    help="LLaMA --from mindspore: write model.safetensors (default) or pytorch_model.bin")
     args = p.parse_args(argv)
+    from ..convert import hf
     from ..convert.api import mindspore_to_torch, torch_to_mindspore
+    from ..convert.route import DETECTION, LLAMA, route_mindspore, route_torch
     from ..models.registry import is_model, list_models, parse_model_overrides
     try:
         overrides = parse_model_overrides(args.set)
         if args.model and not is_model(args.model):
             raise errors.CheckpointError(f"unknown model {args.model!r}; available: {', '.join(list_models())}")
-        from ..convert import hf
-        if args.source != "classification" and (hf.is_hf_input(args.input, args.model) if args.source == "torch"
-                                                 else hf.is_llama_ms_checkpoint(args.input, args.model)):
-            return _convert_llama(args, overrides)
-        from ..convert import detection
-        if args.source == "classification" or detection.wants_detection(
-                args.model, torch_path=args.input if args.source == "torch" else None,
-                ms_path=args.input if args.source == "mindspore" else None, key=args.key):
-            return _convert_detection(args, overrides)
+        if args.source == "classification":
+            return _convert_detection(args, overrides, None)
+        route = route_torch(args.input, args.model, args.key) if args.source == "torch" else \
+            route_mindspore(args.input, args.model, hf.sidecar_path(args.input))
+        if route.kind == LLAMA:
+            return _convert_llama(args, overrides, route)
+        if route.kind == DETECTION:
+            return _convert_detection(args, overrides, route)
         if args.source == "torch":
             name, overrides, n = torch_to_mindspore(args.input, args.output, args.model, overrides, args.key,
-                                                    args.force)
+                                                    args.force, route=route)
             torch_path, ms_path = args.input, args.output
         else:
-            name, overrides, n = mindspore_to_torch(args.input, args.output, args.model, overrides, args.force)
+            name, overrides, n = mindspore_to_torch(args.input, args.output, args.model, overrides, args.force,
+                                                    route=route)
             torch_path, ms_path = args.output, args.input
         shown = " ".join(f"{k}={v}" for k, v in overrides.items())
         print(f"converted {n} tensors of {name}{' (' + shown + ')' if shown else ''}: {args.input} -> {args.output}")
@@ -76,7 +78,7 @@ def main(argv=None):
     return 0
 
 
-def _convert_detection(args, overrides):
+def _convert_detection(args, overrides, route):
     """The detection routes (slab_ms.convert.detection); raises SlabError for main to report."""
     from ..convert import detection
     if args.verify:
@@ -91,24 +93,26 @@ def _convert_detection(args, overrides):
         return 0
     if args.source == "torch":
         r = detection.detection_torch_to_mindspore(args.input, args.output, args.model, overrides, args.key,
-                                                   args.backbone_only, args.force)
+                                                   args.backbone_only, args.force, loaded=route.loaded)
     else:
-        r = detection.detection_mindspore_to_torch(args.input, args.output, args.model, overrides, args.force)
+        r = detection.detection_mindspore_to_torch(args.input, args.output, args.model, overrides, args.force,
+                                                   loaded=route.loaded)
     for line in r.lines(args.input, args.output):
         print(line)
     return 0
 
 
-def _convert_llama(args, overrides):
+def _convert_llama(args, overrides, route):
     """The LLaMA routes (slab_ms.convert.hf): an HF folder or file <-> .ckpt + .config.json."""
     from ..convert import hf
     if args.source == "torch":
-        name, overrides, n = hf.hf_to_mindspore(args.input, args.output, args.model, overrides, args.key, args.force)
+        name, overrides, n = hf.hf_to_mindspore(args.input, args.output, args.model, overrides, args.key, args.force,
+                                                loaded=route.loaded)
         extra = f" (+ {hf.sidecar_path(args.output)})"
         torch_path, ms_path = args.input, args.output
     else:
         name, overrides, n = hf.mindspore_to_hf(args.input, args.output, args.model, overrides, args.force,
-                                                args.hf_format)
+                                                args.hf_format, loaded=route.loaded)
         extra = ""
         torch_path, ms_path = args.output, args.input
     shown = " ".join(f"{k}={v}" for k, v in overrides.items())

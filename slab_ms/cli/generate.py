@@ -54,9 +54,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     import mindspore as ms
     from ..convert.hf import load_llama
-    from ..generation import GenerationStats, generate, generate_text
+    from ..lm.generation import GenerationStats, generate, generate_text
     from ..layers.reparam import reparameterize
-    from ..tokenizer import load_tokenizer
+    from ..lm.tokenizer import load_tokenizer
     try:
         ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
         prompts = _read_prompts(args)

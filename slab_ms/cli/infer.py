@@ -2,7 +2,7 @@
 
 PATH is an image file or a folder (searched recursively). ``--runtime`` picks what runs the
 MindIR (``--device`` cpu, gpu or ascend): MindSpore Lite's Python API (``lite``), Lite's C++
-runtime through deploy/lite's runner (``lite-cpp``, built by scripts/get_lite.sh; needs a file
+runtime through slab_ms/deploy/lite_runner (``lite-cpp``, built by scripts/get_lite.sh; needs a file
 written with ``export.py --mindir-compat 2.0``), or MindSpore's own MindIR runtime
 (``mindspore``, nn.GraphCell); ``auto`` takes the first that can run the file and says which.
 Preprocessing is validate.py's evaluation transform with the values recorded by export.py next
@@ -28,8 +28,9 @@ def main(argv=None):
     p.add_argument("--config", help="training config for the preprocessing and class names")
     p.add_argument("--device", choices=["cpu", "gpu", "ascend"], default="cpu")
     p.add_argument("--runtime", choices=["auto", "lite", "lite-cpp", "mindspore"], default="auto",
-                   help="lite: the mindspore_lite Python package; lite-cpp: deploy/lite's C++ runner "
-                        "(scripts/get_lite.sh); mindspore: nn.GraphCell; auto: the first that can run the file")
+                   help="lite: the mindspore_lite Python package; lite-cpp: the C++ runner of "
+                        "slab_ms/deploy/lite_runner (scripts/get_lite.sh); mindspore: nn.GraphCell; auto: the first "
+                        "that can run the file")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--quiet", action="store_true", help="only the JSON line, no line per image")

@@ -23,7 +23,7 @@ def main(argv=None):
         parser = build_parser(prog="train.py", description=__doc__)
         got = parse_args(parser, sys.argv[1:] if argv is None else argv)
         cfg = load_config(got.pop("config", None), got)
-        from ..engine.trainer import train
+        from ..engine.task import train
         summary = train(cfg)
     except errors.SlabError as e:
         return report(e)

@@ -35,7 +35,7 @@ def main(argv=None):
         cfg = load_config(got.pop("config", None), got)
         if not cfg.ckpt_path:
             raise errors.ConfigError("--ckpt_path is required")
-        from ..engine.trainer import validate_checkpoint
+        from ..engine.task import validate_checkpoint
         result = validate_checkpoint(cfg, split=split, use_ema=use_ema, reparam=reparam)
     except errors.SlabError as e:
         return report(e)

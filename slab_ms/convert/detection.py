@@ -32,7 +32,6 @@ schedule finished (``iter`` 0, lam 0), so the backbone computes what the classif
 model computes; the LayerNorm branch keeps its initial values and the report says so.
 """
 import os
-import re
 import zipfile
 from collections import Counter, OrderedDict
 
@@ -42,60 +41,9 @@ import mindspore as ms
 from ..checkpoint import model_params, read_ms_checkpoint, save_ms_checkpoint
 from ..errors import CheckpointError
 from .mapping import ms_to_torch, ms_to_torch_name, torch_layout, torch_to_ms
+from .common import build_for_conversion, check_output, resolve_architecture
+from .route import BACKBONE, OUT_NORM, is_mmdet_keys, strip_module
 from .torch_io import extract_state_dict, read_torch_checkpoint, write_torch_state_dict
-
-BACKBONE = "backbone."
-_OUT_NORM = re.compile(r"norm(\d+)\.(weight|bias)$")
-
-
-# ------------------------------------------------------------------------------ recognition
-def is_detection_backbone_keys(keys):
-    """True for a detection backbone's state dict (torch names, no ``backbone.`` prefix): Swin
-    keys plus output norms ``norm<i>.*`` and no classifier or final norm."""
-    keys = set(keys)
-    return ("patch_embed.proj.weight" in keys and any(_OUT_NORM.match(k) for k in keys)
-            and "head.weight" not in keys and not any(k.startswith("norm.") for k in keys))
-
-
-def is_mmdet_keys(keys):
-    """True for mmdet's detector layout: some key under ``backbone.``."""
-    return any(isinstance(k, str) and k.startswith(BACKBONE) for k in keys)
-
-
-def _strip_module(sd):
-    if sd and all(k.startswith("module.") for k in sd):   # DataParallel wrappers, as mmcv strips them
-        return OrderedDict((k[len("module."):], v) for k, v in sd.items())
-    return sd
-
-
-def torch_file_is_detection(path, key=None):
-    """Whether a PyTorch checkpoint holds a detector (``backbone.`` keys) or a detection backbone.
-    Unreadable files answer False (the caller's own reading reports them)."""
-    try:
-        sd, _ = extract_state_dict(read_torch_checkpoint(path), key=key, path=path)
-    except CheckpointError:
-        return False
-    sd = _strip_module(sd)
-    return is_mmdet_keys(sd) or is_detection_backbone_keys(sd)
-
-
-def ms_params_are_detection(params):
-    return is_detection_backbone_keys(ms_to_torch_name(k) for k in params)
-
-
-def wants_detection(model=None, torch_path=None, ms_path=None, key=None):
-    """Route of ``convert.py``: a ``*_det`` model, or a file that holds a detection backbone."""
-    if model:
-        from ..models.registry import list_models
-        return model in list_models("detection")
-    if torch_path is not None:
-        return torch_file_is_detection(torch_path, key)
-    if ms_path is not None:
-        try:
-            return ms_params_are_detection(model_params(read_ms_checkpoint(ms_path)))
-        except CheckpointError:
-            return False
-    return False
 
 
 # ------------------------------------------------------------------------------ architecture
@@ -140,7 +88,7 @@ def infer_detection_config(shapes):
                mlp_ratio=shapes["layers.0.blocks.0.mlp.fc1.weight"][0] / embed_dim,
                qkv_bias="layers.0.blocks.0.attn.qkv.bias" in shapes,
                patch_norm=any(k.startswith("patch_embed.norm.") for k in shapes))
-    outs = tuple(sorted({int(m.group(1)) for m in map(_OUT_NORM.match, shapes) if m}))
+    outs = tuple(sorted({int(m.group(1)) for m in map(OUT_NORM.match, shapes) if m}))
     if outs:
         cfg["out_indices"] = outs
     kind = "slab_swin" if "L" in kinds else "swin"
@@ -151,18 +99,7 @@ def infer_detection_config(shapes):
 
 
 def _resolve(model, overrides, shapes, path):
-    from .api import resolve_architecture
     return resolve_architecture(model, overrides, shapes, path, infer_detection_config, "a detection backbone")
-
-
-def _build(name, overrides):
-    from .api import _build as build
-    return build(name, overrides)
-
-
-def _check_output(output, force):
-    from .api import _check_output as check
-    check(output, force)
 
 
 # ------------------------------------------------------------------------------ mmdet <-> ms
@@ -183,11 +120,13 @@ class DetectionConversion:
         return out
 
 
-def read_detection_torch(path, key=None, backbone_only=False):
+def read_detection_torch(path, key=None, backbone_only=False, loaded=None):
     """``(backbone state dict without the prefix, {module: skipped count})`` of a PyTorch
-    detection checkpoint: an mmdet detector or a bare backbone state dict."""
-    sd, _ = extract_state_dict(read_torch_checkpoint(path), key=key, path=path)
-    sd = _strip_module(sd)
+    detection checkpoint: an mmdet detector or a bare backbone state dict (``loaded``: the file as
+    :mod:`.route` read it)."""
+    obj = loaded if loaded is not None else read_torch_checkpoint(path)
+    sd, _ = extract_state_dict(obj, key=key, path=path)
+    sd = strip_module(sd)
     if not is_mmdet_keys(sd):
         return sd, {}
     backbone = OrderedDict((k[len(BACKBONE):], v) for k, v in sd.items() if k.startswith(BACKBONE))
@@ -200,12 +139,12 @@ def read_detection_torch(path, key=None, backbone_only=False):
 
 
 def detection_torch_to_mindspore(input_path, output_path, model=None, overrides=None, key=None,
-                                 backbone_only=False, force=False):
+                                 backbone_only=False, force=False, loaded=None):
     """mmdet (or bare) detection backbone checkpoint -> MindSpore ``.ckpt``."""
-    _check_output(output_path, force)
-    sd, skipped = read_detection_torch(input_path, key=key, backbone_only=backbone_only)
+    check_output(output_path, force)
+    sd, skipped = read_detection_torch(input_path, key=key, backbone_only=backbone_only, loaded=loaded)
     name, overrides = _resolve(model, overrides, {k: tuple(v.shape) for k, v in sd.items()}, input_path)
-    net = _build(name, overrides)
+    net = build_for_conversion(name, overrides)
     params = torch_to_ms(net, sd, what=f"{input_path} (backbone, as {name})")
     save_ms_checkpoint(params, output_path)
     return DetectionConversion(name, overrides, len(params), skipped)
@@ -217,13 +156,13 @@ def write_mmdet_checkpoint(path, backbone_sd):
                            wrap_key="state_dict")
 
 
-def detection_mindspore_to_torch(input_path, output_path, model=None, overrides=None, force=False):
+def detection_mindspore_to_torch(input_path, output_path, model=None, overrides=None, force=False, loaded=None):
     """MindSpore detection backbone ``.ckpt`` -> mmdet-style ``.pth`` loadable by upstream's backbone."""
-    _check_output(output_path, force)
-    params = model_params(read_ms_checkpoint(input_path))
+    check_output(output_path, force)
+    params = model_params(loaded if loaded is not None else read_ms_checkpoint(input_path))
     shapes = {ms_to_torch_name(k): tuple(np.shape(v)) for k, v in params.items()}
     name, overrides = _resolve(model, overrides, shapes, input_path)
-    net = _build(name, overrides)
+    net = build_for_conversion(name, overrides)
     sd = ms_to_torch(net, params, what=f"{input_path} (as {name})")
     write_mmdet_checkpoint(output_path, sd)
     return DetectionConversion(name, overrides, len(sd))
@@ -338,7 +277,7 @@ def load_classification_weights(net, src, source="checkpoint"):
     missing = [k for k in missing if k not in report.set]
     repbn_ln = {p + ".norm1." + s for p in from_repbn for s in ("weight", "bias")}
     report.missing = _group(missing, (
-        ("detection output norms norm0-3 (new)", lambda k: _OUT_NORM.match(k) is not None),
+        ("detection output norms norm0-3 (new)", lambda k: OUT_NORM.match(k) is not None),
         ("LayerNorm branch of PRepBNs loaded from RepBN (unused at lam 0)", lambda k: k in repbn_ln),
         ("other", lambda k: True)))
     report.unexpected = _group([k for k in src if k not in used], (
@@ -378,7 +317,7 @@ def read_classification_state_dict(path, key=None):
         is_zip = False
     if is_zip:
         sd, _ = extract_state_dict(read_torch_checkpoint(path), key=key, path=path)
-        return _strip_module(sd)
+        return strip_module(sd)
     params = model_params(read_ms_checkpoint(path))
     return OrderedDict((ms_to_torch_name(k), np.asarray(v)) for k, v in params.items())
 
@@ -391,10 +330,10 @@ def classification_to_detection(input_path, output_path, model=None, overrides=N
     from ..models.registry import list_models
     if model and model not in list_models("detection"):
         raise CheckpointError(f"--model {model!r} is not a detection backbone ({', '.join(list_models('detection'))})")
-    _check_output(output_path, force)
+    check_output(output_path, force)
     src = read_classification_state_dict(input_path, key)
     name, overrides = _resolve(model, overrides, {k: tuple(v.shape) for k, v in src.items()}, input_path)
-    net = _build(name, overrides)
+    net = build_for_conversion(name, overrides)
     report = load_classification_weights(net, src, source=input_path)
     report.model = name
     params = OrderedDict((k, p.asnumpy()) for k, p in net.parameters_and_names())

@@ -21,9 +21,10 @@ import tempfile
 from collections import OrderedDict
 
 import numpy as np
+from mindspore import dtype as mstype
 
 from ..checkpoint import load_param_dict, model_params, read_ms_checkpoint, save_ms_checkpoint
-from ..engine.report import write_json   # atomic (temp file + rename)
+from ..io import atomic_write, write_json
 from ..errors import CheckpointError, ConfigError
 from ..models.llama import LLAMA_DEFAULTS, LlamaForCausalLM, infer_llama_config, is_llama_layout, rotary_inv_freq
 from ..models.registry import create_model, is_model, list_models
@@ -35,6 +36,12 @@ BIN = "pytorch_model.bin"
 SIDECAR_SUFFIX = ".config.json"
 MAX_CONFIG_BYTES = 1 << 20
 INV_FREQ = "model.layers.{}.self_attn.rotary_emb.inv_freq"
+
+
+def llama_counters(net):
+    """``{torch-style name: int}`` of every schedule counter and ``num_batches_tracked`` of ``net``."""
+    return {ms_to_torch_name(name): int(p.asnumpy()) for name, p in net.parameters_and_names()
+            if p.dtype == mstype.int64}
 
 
 def sidecar_path(ckpt_path):
@@ -77,10 +84,10 @@ def read_safetensors(path):
         raise CheckpointError(f"{path}: not a readable safetensors file ({text}){hint}") from None
 
 
-def _read_weights_file(path, key=None):
+def _read_weights_file(path, key=None, loaded=None):
     if path.endswith(".safetensors"):
         return read_safetensors(path)
-    sd, _ = extract_state_dict(read_torch_checkpoint(path), key=key, path=path)
+    sd, _ = extract_state_dict(loaded if loaded is not None else read_torch_checkpoint(path), key=key, path=path)
     return sd
 
 
@@ -113,9 +120,10 @@ def _read_sharded(index_path, key=None):
     return out
 
 
-def read_hf_checkpoint(path, key=None):
+def read_hf_checkpoint(path, key=None, loaded=None):
     """``(state_dict, config or None)`` of an HF folder or a weights file (``.safetensors``,
-    ``.bin``/``.pth``, or a shard ``*.index.json``)."""
+    ``.bin``/``.pth``, or a shard ``*.index.json``); ``loaded``: a ``.bin``/``.pth`` file as
+    :mod:`.route` read it."""
     path = os.fspath(path)
     if os.path.isdir(path):
         config_path = os.path.join(path, "config.json")
@@ -130,7 +138,7 @@ def read_hf_checkpoint(path, key=None):
         raise CheckpointError(f"{path}: no such file or folder")
     if path.endswith(".index.json"):
         return _read_sharded(path, key), None
-    return _read_weights_file(path, key), None
+    return _read_weights_file(path, key, loaded), None
 
 
 def check_hf_config(config, path):
@@ -217,9 +225,9 @@ def _check_inv_freq(net, sd, path):
     return sd
 
 
-def load_hf_params(path, model=None, overrides=None, key=None):
+def load_hf_params(path, model=None, overrides=None, key=None, loaded=None):
     """Read and check an HF LLaMA: ``(name, overrides, net (lazy), ms_params, config)``."""
-    sd, config = read_hf_checkpoint(path, key)
+    sd, config = read_hf_checkpoint(path, key, loaded)
     check_hf_config(config, path)
     if not is_llama_layout(sd):
         raise CheckpointError(f"{path}: not a LLaMA state dict (no model.embed_tokens.weight / model.layers.0)")
@@ -234,7 +242,7 @@ def load_hf_params(path, model=None, overrides=None, key=None):
     return name, overrides, net, params, config
 
 
-def hf_to_mindspore(input_path, output_path, model=None, overrides=None, key=None, force=False):
+def hf_to_mindspore(input_path, output_path, model=None, overrides=None, key=None, force=False, loaded=None):
     """HF LLaMA (folder or file) -> ``output_path`` (.ckpt) and its ``.config.json``.
     Returns ``(name, overrides, n_tensors)``."""
     side = sidecar_path(output_path)
@@ -244,7 +252,7 @@ def hf_to_mindspore(input_path, output_path, model=None, overrides=None, key=Non
     directory = os.path.dirname(os.path.abspath(output_path))
     if not os.path.isdir(directory):
         raise CheckpointError(f"output directory {directory} does not exist")
-    name, overrides, net, params, config = load_hf_params(input_path, model, overrides, key)
+    name, overrides, net, params, config = load_hf_params(input_path, model, overrides, key, loaded)
     record = sidecar_record(name, overrides, config if config is not None else hf_config_for(net))
     save_ms_checkpoint(params, output_path)
     try:
@@ -318,37 +326,6 @@ def resolve_ms_llama(params, ckpt_path, model=None, overrides=None, config_path=
     return name, found, hf_config
 
 
-def is_llama_ms_checkpoint(path, model=None):
-    """True when ``path`` (a MindSpore .ckpt) should go the LLaMA way."""
-    if model:
-        return is_language_model(model)
-    if os.path.isfile(sidecar_path(path)):
-        return True
-    try:
-        return is_llama_layout(read_ms_checkpoint(path))
-    except CheckpointError:
-        return False
-
-
-def is_hf_input(path, model=None):
-    """True when ``path`` is an HF LLaMA folder or weights file (or ``model`` is a LLaMA)."""
-    path = os.fspath(path)
-    if os.path.isdir(path) or path.endswith((".safetensors", ".index.json")):
-        return True   # no other converter reads these
-    if model:
-        return is_language_model(model)
-    try:
-        sd = read_torch_checkpoint(path)
-        if isinstance(sd, dict) and not is_llama_layout(sd):
-            for k in ("model", "state_dict"):
-                if isinstance(sd.get(k), dict):
-                    sd = sd[k]
-                    break
-        return isinstance(sd, dict) and is_llama_layout(sd)
-    except CheckpointError:
-        return False
-
-
 def _write_weights(sd, path, fmt):
     if fmt == "safetensors":
         from safetensors.numpy import save_file
@@ -359,7 +336,7 @@ def _write_weights(sd, path, fmt):
 
 
 def mindspore_to_hf(input_path, output_path, model=None, overrides=None, force=False, fmt="safetensors",
-                    config_path=None):
+                    config_path=None, loaded=None):
     """MindSpore LLaMA ``.ckpt`` -> HF folder (or a single ``.safetensors``/``.bin`` file when
     ``output_path`` ends so). Returns ``(name, overrides, n_tensors)``."""
     if fmt not in ("safetensors", "bin"):
@@ -373,7 +350,7 @@ def mindspore_to_hf(input_path, output_path, model=None, overrides=None, force=F
     parent = os.path.dirname(os.path.abspath(output_path))
     if not os.path.isdir(parent):
         raise CheckpointError(f"output directory {parent} does not exist")
-    params = model_params(read_ms_checkpoint(input_path))
+    params = model_params(loaded if loaded is not None else read_ms_checkpoint(input_path))
     if "model.embed_tokens.weight" not in params:
         raise CheckpointError(f"{input_path}: not a LLaMA checkpoint (no model.embed_tokens.weight)")
     name, overrides, hf_config = resolve_ms_llama(params, input_path, model, overrides, config_path)
@@ -383,27 +360,17 @@ def mindspore_to_hf(input_path, output_path, model=None, overrides=None, force=F
                               "upstream's LLaMA cannot load; convert the unfused checkpoint")
     sd = ms_to_torch(net, params, what=f"{input_path} (as {name})")
     if single:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(output_path)[1], dir=parent)
-        os.close(fd)
-        try:
+        with atomic_write(output_path, suffix=os.path.splitext(output_path)[1]) as tmp:
             _write_weights(sd, tmp, fmt)
-            os.replace(tmp, output_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return name, overrides, len(sd)
     tmp_dir = tempfile.mkdtemp(prefix=".tmp-hf-", dir=parent)
     try:
         _write_weights(sd, os.path.join(tmp_dir, SAFETENSORS if fmt == "safetensors" else BIN), fmt)
         config = hf_config_for(net, hf_config)
-        with open(os.path.join(tmp_dir, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-            f.write("\n")
+        write_json(os.path.join(tmp_dir, "config.json"), config)
         generation = {"_from_model_config": True, "bos_token_id": config["bos_token_id"],
                       "eos_token_id": config["eos_token_id"], "pad_token_id": config["pad_token_id"]}
-        with open(os.path.join(tmp_dir, "generation_config.json"), "w") as f:
-            json.dump(generation, f, indent=2)
-            f.write("\n")
+        write_json(os.path.join(tmp_dir, "generation_config.json"), generation)
         if os.path.exists(output_path):   # --force: swap the old output out only once the new one is complete
             old = tempfile.mkdtemp(prefix=".old-", dir=parent)
             os.rmdir(old)
@@ -445,9 +412,9 @@ def verify_llama(torch_path, ms_path, seed=0):
     import mindspore as ms
     try:
         import torch
-        from torch_ref import llama as ref_llama
+        from .torch_ref import llama as ref_llama
     except ImportError as e:
-        raise CheckpointError(f"--verify needs torch and the torch_ref package ({e})") from None
+        raise CheckpointError(f"--verify needs torch (pip install 'slab-ms[verify]'): {e}") from None
     net = load_llama(ms_path) if ms_path.endswith(".ckpt") else load_llama(torch_path)
     cfg = dict(net.config)
     if cfg["folded"] != "none" or cfg["dtype"] != "float32":

@@ -15,12 +15,12 @@ import io
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from collections import OrderedDict
 
 import numpy as np
 
+from ..io import atomic_write
 from ..errors import CheckpointError  # noqa: F401  (re-exported: callers import it from here too)
 
 
@@ -285,17 +285,9 @@ def write_torch_state_dict(path, state_dict, wrap_key=None):
         body.append(b"u")
     body.append(b".")
     archive = "archive"
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=directory)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            zf.writestr(f"{archive}/data.pkl", b"".join(body))
-            zf.writestr(f"{archive}/byteorder", b"little")
-            for key, arr in storages:
-                zf.writestr(f"{archive}/data/{key}", arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
-            zf.writestr(f"{archive}/version", b"3\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, suffix=".pth") as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(f"{archive}/data.pkl", b"".join(body))
+        zf.writestr(f"{archive}/byteorder", b"little")
+        for key, arr in storages:
+            zf.writestr(f"{archive}/data/{key}", arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+        zf.writestr(f"{archive}/version", b"3\n")

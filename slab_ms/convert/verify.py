@@ -1,4 +1,4 @@
-"""Parity of a converted checkpoint: the PyTorch reference (``torch_ref``, needs torch) on the
+"""Parity of a converted checkpoint: the PyTorch reference (:mod:`.torch_ref`, needs torch) on the
 .pth against MindSpore (GRAPH_MODE) on the .ckpt, eval mode, one random batch."""
 import numpy as np
 
@@ -13,9 +13,9 @@ def verify_conversion(model, overrides, torch_path, ms_path, key=None, seed=0):
     import mindspore as ms
     try:
         import torch
-        import torch_ref
+        from . import torch_ref
     except ImportError as e:
-        raise CheckpointError(f"--verify needs torch and the torch_ref package ({e})") from None
+        raise CheckpointError(f"--verify needs torch (pip install 'slab-ms[verify]'): {e}") from None
     sd, _ = extract_state_dict(read_torch_checkpoint(torch_path), key=key, path=torch_path)
     ref = torch_ref.create_model(model, **overrides)
     ref.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in sd.items()}, strict=True)

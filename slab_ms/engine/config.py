@@ -8,7 +8,6 @@ import argparse
 import ast
 import difflib
 import os
-import sys
 
 import yaml
 
@@ -384,39 +383,3 @@ def validate(cfg):
     for k in ("scale", "ratio", "re_scale", "re_ratio"):
         if len(cfg[k]) != 2:
             raise ConfigError(f"{k} must be a pair [low, high], got {cfg[k]}")
-
-
-def main(argv=None):
-    """``python -m slab_ms.engine.config CONFIG [--get KEY] [--check-data] [overrides]``: what the launch
-    scripts ask before starting workers (a value; whether the data tree fits the config; for a
-    language model, the tokenised corpus, built once here)."""
-    def extra(p):
-        p.add_argument("config_file", metavar="CONFIG")
-        p.add_argument("--get", metavar="KEY", help="print this key's value")
-        p.add_argument("--check-data", dest="check_data", action="store_true",
-                       help="check the splits' folders and class count (not the image contents)")
-    got = parse_args(build_parser(prog="python -m slab_ms.engine.config", description=main.__doc__,
-                                  extra=extra), argv)
-    path, key, check = got.pop("config_file"), got.pop("get", None), got.pop("check_data", False)
-    got.pop("config", None)
-    cfg = load_config(path, got)
-    if check:
-        from .lm_trainer import is_language_config, lm_config, load_text
-        if is_language_config(cfg):   # tokenises the corpus once, so the workers find the cache
-            load_text(cfg, lm_config(cfg), log=lambda m: print(m, file=sys.stderr))
-        else:
-            from .data import check_image_folder
-            for split in run_splits(cfg):
-                check_image_folder(cfg.data_dir, split, cfg.num_classes, -1)
-    if key is not None:
-        if key not in cfg:
-            raise _unknown(key, "--get")
-        print(cfg[key])
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -30,6 +30,7 @@ from mindspore.dataset.vision import Inter
 from PIL import Image
 
 from .._env import cache_dir
+from ..io import atomic_write
 from ..errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -153,21 +154,16 @@ def _write_cache(files, rank, world, folders):
     blob = json.dumps({"version": CONTENT_CHECK_VERSION, "rank": rank, "world": world, "folders": folders},
                       separators=(",", ":")).encode()
     for file in files:
-        tmp = None
         try:
             with contextlib.suppress(FileNotFoundError):
                 if not stat.S_ISREG(os.lstat(file).st_mode):
                     continue
             os.makedirs(os.path.dirname(file), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(file), prefix=os.path.basename(file) + ".", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
+            with atomic_write(file, prefix=os.path.basename(file) + ".") as tmp, open(tmp, "wb") as f:
                 f.write(blob)
-            os.replace(tmp, file)
             return file
         except OSError:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)   # only the temporary file this call created
+            continue   # atomic_write removed its temporary file
     return None
 
 

@@ -8,7 +8,7 @@ the PRepBN schedule (translated into the LLaMA's 16-forward counters), atomic tr
 checkpoints, data-parallel gradient and BN-statistics reduction, BN recalibration, history.json,
 curves.png, summary.json and the progress bar.
 
-Different: the data are fixed-length token blocks (:mod:`slab_ms.engine.text_data`); a run is
+Different: the data are fixed-length token blocks (:mod:`slab_ms.lm.text_data`); a run is
 ``max_steps`` optimizer steps or ``epoch_size`` passes over the corpus; ``ckpt_save_steps`` adds
 checkpoints inside an epoch and a resume continues from that very step (the block order of an
 epoch depends only on the seed and the epoch, so the skipped batches are known); validation
@@ -25,28 +25,17 @@ import numpy as np
 
 from ..convert.hf import hf_config_for, sidecar_path, sidecar_record
 from ..errors import ConfigError, TrainingError
-from ..models.registry import create_model, is_model, list_models
+from ..models.registry import create_model, is_model
 from . import report, state
-from . import text_data
-from .lm import CausalLMLoss, TokenNLL, batch_tensors, perplexity_of
+from ..lm import text_data
+from ..lm.loss import CausalLMLoss, TokenNLL, batch_tensors, perplexity_of
+from ..lm.tokenizer import load_tokenizer
 from .schedule import current_lambda
 from .train_step import SumOverRanks
-from .trainer import Run, _progress, learning_rates, logger, parameter_digest
+from .common import learning_rates, logger, parameter_digest, progress_bar, setup_context
+from .trainer import Run
 
 TOKEN_KEYS = ("bos_token_id", "eos_token_id")
-
-
-def is_language_config(cfg):
-    """True when ``cfg`` trains a language model on text. The task follows the model; ``dataset``
-    must agree with it (``auto`` always does)."""
-    language = cfg.model in list_models("language")
-    if cfg.dataset == "auto":
-        return language
-    if language != (cfg.dataset == "text"):
-        raise ConfigError(f"dataset {cfg.dataset!r} does not fit {cfg.model!r}, a "
-                          f"{'language' if language else 'vision'} model (use dataset: "
-                          f"{'text' if language else 'imagenet'}, or auto)")
-    return language
 
 
 def build_lm(cfg, tokenizer=None):
@@ -97,7 +86,6 @@ def load_text(cfg, model_config, log=None):
         raise ConfigError("a language model needs tokenizer: a SentencePiece model file (make one from the "
                           "training split with scripts/train_tokenizer.py)")
     text_data.check_seq_length(cfg.seq_length, model_config["max_position_embeddings"])
-    from ..tokenizer import load_tokenizer
     tok = load_tokenizer(cfg.tokenizer, model_config["vocab_size"])
     data = text_data.build_or_load(cfg.data_dir, cfg.tokenizer, text_field=cfg.text_field,
                                    val_fraction=cfg.val_fraction, cache_dir=cfg.token_cache_dir,
@@ -114,7 +102,6 @@ class LMRun(Run):
     # --------------------------------------------------------------------- building
     def _check_data(self):
         cfg = self.cfg
-        from ..tokenizer import load_tokenizer
         tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
         self._lm = build_lm(cfg, tok)
         self.train_stream, self.val_stream, self.tokenizer, data = load_text(
@@ -169,7 +156,7 @@ class LMRun(Run):
                                                   skip=done * k)
         micro = (end - self.meta["step"]) * k
         self.net.set_train(True)
-        bar = _progress(self.rank, end - self.meta["step"], f"epoch {epoch + 1}/{self.epochs}")
+        bar = progress_bar(self.rank, end - self.meta["step"], f"epoch {epoch + 1}/{self.epochs}")
         seen, t0, losses = 0, None, []
         for i, batch in enumerate(batches):
             if i >= micro:
@@ -309,7 +296,6 @@ def validate_lm_checkpoint(cfg, split="val", use_ema=False, reparam=False):
     corpus split (``val`` or ``train``), the model rebuilt from the config (or the checkpoint's
     ``.config.json``)."""
     from ..checkpoint import load_checkpoint
-    from .trainer import setup_context
     if split not in ("train", "val"):
         raise ConfigError(f"--split for a text corpus is train or val, got {split!r}")
     setup_context(cfg)

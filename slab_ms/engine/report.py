@@ -1,21 +1,10 @@
 """Run records: history.json (per epoch, survives resumes), summary.json and curves.png."""
 import json
 import os
-import tempfile
 
+from ..io import write_json
 
-def write_json(path, obj):
-    """Atomic JSON write (temp file + rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+__all__ = ["plot_curves", "read_history", "write_json"]
 
 
 def read_history(path, upto_epoch, upto_step=None):

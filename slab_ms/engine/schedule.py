@@ -74,13 +74,13 @@ class StepSchedule:
     Upstream's PRepBN moves its counters in every training forward and selects, inside the
     forward, between warm-up (``norm1`` only, BN statistics held still) and the mix. In a
     differentiated graph those side effects and selects cost 1-1.5 s of the first training call
-    of slab_swin_tiny and slab_deit_tiny here (README, Training cost). Here the training step's
-    forward is compiled per phase of the schedule (``schedule_mode`` "warm" or "mix", read at
-    compile time; a run compiles the warm graph only if it has a warm-up), and the counters, equal in every module, are moved after each
-    forward from Python (``counters_after_forward``; 25 modules take about 0.5 ms, where a graph
-    doing it took 0.2 s to compile). Parameters, statistics and counters are those of the
-    in-forward schedule bit for bit (``tests/test_engine.py``). Direct calls of the network keep
-    upstream's behaviour.
+    of slab_swin_tiny and slab_deit_tiny here (docs/performance.md, training cost). Here the
+    training step's forward is compiled per phase of the schedule (``schedule_mode`` "warm" or
+    "mix", read at compile time; a run compiles the warm graph only if it has a warm-up), and the
+    counters, equal in every module, are moved after each forward from Python
+    (``counters_after_forward``; 25 modules take about 0.5 ms, where a graph doing it took 0.2 s
+    to compile). Parameters, statistics and counters are those of the in-forward schedule bit for
+    bit (``tests/test_engine.py``). Direct calls of the network keep upstream's behaviour.
 
     Where the modules' counters differ (a hand-edited checkpoint) or a PRepBN kind has no
     per-phase forward (the detection one), the caller keeps the in-forward schedule.

@@ -21,7 +21,6 @@ walks the tree once and calls them.
 import time
 
 import numpy as np
-import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
 from .prepbn import PRepBN, RepBN

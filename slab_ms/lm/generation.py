@@ -15,8 +15,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
-from .errors import ConfigError
-from .models.llama import MASK_MIN
+from ..errors import ConfigError
+from ..models.llama import MASK_MIN
 
 CACHE_ROUND = 16   # cache lengths are rounded up, so similar requests reuse compiled graphs
 
@@ -266,7 +266,7 @@ def _uncached_stepper(lm, ids, mask, cache_len, stats):
 
 
 def generate_text(lm, tokenizer, prompts, stats=None, **kwargs):
-    """Generate from text prompts with a :class:`slab_ms.tokenizer.Tokenizer` (checked against the
+    """Generate from text prompts with a :class:`slab_ms.lm.tokenizer.Tokenizer` (checked against the
     model's vocabulary). Returns the list of continuations (prompt excluded)."""
     tokenizer.check_vocab(lm.config["vocab_size"])
     encoded = [tokenizer.encode(p) for p in prompts]

@@ -1,7 +1,7 @@
 """Causal language-model loss and perplexity for the LLaMA models (train.py, validate.py).
 
 A batch is ``(input_ids, attention_mask)``, both (B, T) int32, as the text pipeline
-(:mod:`slab_ms.engine.text_data`) yields them. Position ``t`` predicts token ``t + 1``; a target
+(:mod:`slab_ms.lm.text_data`) yields them. Position ``t`` predicts token ``t + 1``; a target
 counts only where the mask is 1, so padding (the tail of the last block, the rows that fill an
 evaluation batch) never enters the loss or the perplexity. The mask also goes to the model,
 where the final PRepBN keeps padded tokens out of its batch statistics (upstream's behaviour).

@@ -43,12 +43,12 @@ import math
 import numbers
 import os
 import re
-import tempfile
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..tokenizer import load_tokenizer
+from ..io import atomic_write
+from .tokenizer import load_tokenizer
 
 FORMAT_VERSION = 1
 
@@ -264,29 +264,11 @@ def _cache_error(cache, e):
 def _atomic_write(final, write, cache):
     """Write ``final`` through ``write(fileobj)`` into a temporary file beside it, then rename."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".part", dir=cache)
-    except OSError as e:
-        raise _cache_error(cache, e) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(final, prefix=_TMP_PREFIX, suffix=".part", fsync=True, mode=0o644) as tmp, \
+                open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, final)
     except OSError as e:
-        _remove(tmp)
         raise _cache_error(cache, e) from None
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _remove(file):
-    try:
-        os.remove(file)
-    except FileNotFoundError:
-        pass
 
 
 def _remove_other_keys(cache, key, log):

@@ -6,7 +6,7 @@ and drops bos and pad ids.
 """
 import os
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class Tokenizer:

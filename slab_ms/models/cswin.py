@@ -11,11 +11,10 @@ Cells are registered in the order of the PyTorch modules and parameters keep the
 names, so the state-dict layout is upstream's (shared/reference/checkpoints).
 """
 import numpy as np
-import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from ..layers.common import (DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names,
-                             shared_graph)
+from ..layers.common import (DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal,
+                             no_weight_decay_names, shared_graph)
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable
 from ..layers.sla import merge_heads, prefer_kv_first, sla_heads, split_heads, token_map_conv

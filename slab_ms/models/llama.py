@@ -629,9 +629,3 @@ def _infer_llama(shapes):
         return None
     return infer_llama_config(shapes)
 
-
-def llama_counters(net):
-    """``{torch-style name: int}`` of every schedule counter and ``num_batches_tracked`` of ``net``."""
-    from ..convert.mapping import ms_to_torch_name
-    return {ms_to_torch_name(name): int(p.asnumpy()) for name, p in net.parameters_and_names()
-            if p.dtype == ms.int64}

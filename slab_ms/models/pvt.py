@@ -24,7 +24,7 @@ from ..layers.common import (DropPath, Mlp, chunk_last, drop_path_rates, graph_s
                              no_weight_decay_names)
 from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
-from ..layers.reparam import fold_norm_into, is_foldable
+from ..layers.reparam import fold_norm_into
 from ..layers.sla import SimplifiedLinearAttention, merge_heads, split_heads
 from .registry import build_registered, overrides_from_defaults, register_inferer, register_model
 

@@ -13,8 +13,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common import initializer as init
 
-from ..layers.common import (DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal, no_weight_decay_names,
-                             graph_site, shared_graph)
+from ..layers.common import (DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal,
+                             no_weight_decay_names, graph_site, shared_graph)
 from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
 from ..layers.reparam import fold_norm, fold_norm_into, is_foldable

@@ -1,6 +1,7 @@
 """A small PyTorch reference of the SLAB models, for parity tests and ``convert.py --verify``.
 
-Kept apart from ``slab_ms`` (which never imports torch). Module structure and buffer
+Only ``convert.py --verify`` and the tests import it (the ``verify`` extra installs torch); nothing
+else in ``slab_ms`` imports torch. Module structure and buffer
 registration follow upstream (github xinghaochen/SLAB, ``classification/models``) so that
 state dicts have the upstream layout key for key.
 """

@@ -5,8 +5,8 @@ from torch import nn
 
 from .deit import linear_attention
 from .prepbn import make_norm
-from . import swin
 from .swin import DropPath, Mlp
+from .swin import PatchEmbed as SwinPatchEmbed
 
 
 class Attention(nn.Module):
@@ -77,7 +77,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class PatchEmbed(swin.PatchEmbed):
+class PatchEmbed(SwinPatchEmbed):
     """Swin's patch embedding, also returning the map size."""
 
     def forward(self, x):

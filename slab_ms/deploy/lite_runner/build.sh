@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Build the MindSpore Lite C++ runner against a Lite package:
-#   MSLITE_HOME=/path/to/mindspore-lite-X-linux-x64/runtime bash deploy/lite/build.sh [OUTPUT]
+#   MSLITE_HOME=/path/to/mindspore-lite-X-linux-x64/runtime bash slab_ms/deploy/lite_runner/build.sh [OUTPUT]
 # MSLITE_HOME holds include/api/*.h and lib/ (the Lite package from the MindSpore site, its runtime/
 # folder; or what scripts/get_lite.sh unpacks from PyPI's 2.0.0 wheel). The library is
 # libmindspore-lite.so in the site packages and libmindspore-extendrt_python.so in the wheel: the
-# first one found is linked. OUTPUT defaults to deploy/lite/lite_runner.
+# first one found is linked. OUTPUT defaults to slab_ms/deploy/lite_runner/lite_runner.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ML="${MSLITE_HOME:?set MSLITE_HOME to the Lite package folder holding include/ and lib/}"

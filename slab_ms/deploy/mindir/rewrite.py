@@ -8,13 +8,12 @@ Shapes are inferred at batch 1 and 2 so that reshapes computed in the graph beco
 with -1 for the batch (Lite 2.0 cannot run 2.10's Shape ops), and a few forms Lite 2.0's CPU
 kernels get wrong are rewritten (see the rules' docstrings).
 """
-import os
 import struct
-import tempfile
 
 from mindspore.train import mind_ir_pb2 as pb
 
-from .errors import SlabError
+from ...errors import SlabError
+from ...io import atomic_write
 
 A = pb.AttributeProto
 
@@ -742,12 +741,6 @@ def convert_file(src, dst):
     except Exception as e:  # protobuf raises DecodeError, RuntimeWarning, ...
         raise CompatError(f"cannot read MindIR {src}: {type(e).__name__}") from None
     rewrite(m)
-    fd, tmp = tempfile.mkstemp(prefix=".compat-", suffix=".mindir", dir=os.path.dirname(os.path.abspath(dst)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(m.SerializeToString())
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(dst, suffix=".mindir") as tmp, open(tmp, "wb") as f:
+        f.write(m.SerializeToString())
     return dst
