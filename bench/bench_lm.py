@@ -59,7 +59,7 @@ def run_ms(model, variant, prefills, new_tokens, repeats, threads, profile_token
         args = (ms.Tensor(ids.astype(np.int32)), ms.Tensor(_positions(mask).astype(np.int32)),
                 ms.Tensor(_bias(key_mask, np.arange(p))),
                 ms.Tensor(_cache_index(1, cfg["num_attention_heads"], np.arange(p))))
-        first, median = timed(lambda: runner(*args).asnumpy(), repeats, warmup=0)
+        first, median = timed(lambda runner=runner, args=args: runner(*args).asnumpy(), repeats, warmup=0)
         out["prefill_ms"][p] = 1000 * median
         if p == PROMPT:
             compile_s += first - median
@@ -156,7 +156,7 @@ def run_torch(model, variant, prefills, new_tokens, repeats, threads, profile_to
     with torch.no_grad():
         for p in prefills:
             ids = torch.from_numpy(rng.integers(3, cfg["vocab_size"], size=(1, p)))
-            _, median = timed(lambda: net(ids, None, None, [[None, None] for _ in net.model.layers]),
+            _, median = timed(lambda ids=ids: net(ids, None, None, [[None, None] for _ in net.model.layers]),
                               repeats, warmup=0)
             out["prefill_ms"][p] = 1000 * median
         ids = torch.from_numpy(rng.integers(3, cfg["vocab_size"], size=(1, PROMPT)))

@@ -43,7 +43,7 @@ def measure(call, batches, repeats, size):
     out = {}
     for b in batches:
         x = np.random.default_rng(b).standard_normal((b, 3, size, size)).astype(np.float32)
-        first, med = timed(lambda: call(x), repeats if b == 1 else max(2, repeats // 2))
+        first, med = timed(lambda x=x: call(x), repeats if b == 1 else max(2, repeats // 2))
         if b == batches[0]:
             out["first_call_s"] = first
         out[f"b{b}_ms"] = 1000 * med

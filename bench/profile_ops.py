@@ -95,9 +95,9 @@ def main():
         for name, cell, tfn, shape in cases:
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             a, t = ms.Tensor(x), torch.from_numpy(x)
-            m = median_ms(lambda: [o.asnumpy() for o in cell(a)] if isinstance(cell, (QkvByIndex, QkvByRange))
-                          else cell(a).asnumpy())
-            r = median_ms(lambda: tfn(t))
+            m = median_ms(lambda cell=cell, a=a: [o.asnumpy() for o in cell(a)]
+                          if isinstance(cell, (QkvByIndex, QkvByRange)) else cell(a).asnumpy())
+            r = median_ms(lambda tfn=tfn, t=t: tfn(t))
             print(f"{name:34s} {m:12.2f} {r:11.2f} {m / r:6.1f}")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or reuse .venv, install runtime and test dependencies (and MindSpore Lite's C++ runtime,
-# scripts/get_lite.sh), run the test suite.
+# scripts/get_lite.sh), lint (ruff, rules in pyproject.toml), run the test suite.
 # Extra arguments go to pytest (e.g. bash scripts/test.sh -k convert).
 REQS="requirements.txt requirements-test.txt"
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
@@ -8,4 +8,6 @@ export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::DeprecationWarning,ignore::User
 # MindSpore Lite's C++ runtime for tests/test_lite.py (fetched once, then cached); without it those
 # tests are skipped and say so.
 if ! bash scripts/get_lite.sh >/dev/null; then echo "warning: MindSpore Lite runtime not available; test_lite.py skips" >&2; fi
+echo "== ruff check ."
+python -m ruff check .
 exec python -m pytest -q tests "$@"

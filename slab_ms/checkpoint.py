@@ -1,9 +1,12 @@
 """MindSpore checkpoint I/O with strict loading (every missing, unexpected or mis-shaped
 parameter is named) and atomic writes."""
+from __future__ import annotations
+
 import os
 
 import numpy as np
 import mindspore as ms
+from mindspore import nn
 
 from .io import atomic_write
 from .errors import CheckpointError
@@ -71,7 +74,7 @@ def model_params(params, use_ema=False):
     return model
 
 
-def load_checkpoint(net, path, use_ema=False):
+def load_checkpoint(net: nn.Cell, path: str, use_ema: bool = False) -> None:
     """Load a MindSpore ``.ckpt`` (a model, or a training checkpoint from train.py) into ``net``
     strictly, PRepBN counters included; ``use_ema`` loads a training checkpoint's EMA weights."""
     load_param_dict(net, model_params(read_ms_checkpoint(path), use_ema), what=path)

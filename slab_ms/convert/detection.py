@@ -31,9 +31,12 @@ lam 1). Here each RepBN goes into the BN branch (``norm2``) of its detection PRe
 schedule finished (``iter`` 0, lam 0), so the backbone computes what the classification
 model computes; the LayerNorm branch keeps its initial values and the report says so.
 """
+from __future__ import annotations
+
 import os
 import zipfile
 from collections import Counter, OrderedDict
+from typing import Any
 
 import numpy as np
 import mindspore as ms
@@ -138,8 +141,9 @@ def read_detection_torch(path, key=None, backbone_only=False, loaded=None):
     return backbone, dict(skipped)
 
 
-def detection_torch_to_mindspore(input_path, output_path, model=None, overrides=None, key=None,
-                                 backbone_only=False, force=False, loaded=None):
+def detection_torch_to_mindspore(input_path: str, output_path: str, model: str | None = None,
+                                 overrides: dict | None = None, key: str | None = None, backbone_only: bool = False,
+                                 force: bool = False, loaded: Any = None) -> DetectionConversion:
     """mmdet (or bare) detection backbone checkpoint -> MindSpore ``.ckpt``."""
     check_output(output_path, force)
     sd, skipped = read_detection_torch(input_path, key=key, backbone_only=backbone_only, loaded=loaded)
@@ -156,7 +160,9 @@ def write_mmdet_checkpoint(path, backbone_sd):
                            wrap_key="state_dict")
 
 
-def detection_mindspore_to_torch(input_path, output_path, model=None, overrides=None, force=False, loaded=None):
+def detection_mindspore_to_torch(input_path: str, output_path: str, model: str | None = None,
+                                 overrides: dict | None = None, force: bool = False,
+                                 loaded: Any = None) -> DetectionConversion:
     """MindSpore detection backbone ``.ckpt`` -> mmdet-style ``.pth`` loadable by upstream's backbone."""
     check_output(output_path, force)
     params = model_params(loaded if loaded is not None else read_ms_checkpoint(input_path))
@@ -322,7 +328,9 @@ def read_classification_state_dict(path, key=None):
     return OrderedDict((ms_to_torch_name(k), np.asarray(v)) for k, v in params.items())
 
 
-def classification_to_detection(input_path, output_path, model=None, overrides=None, key=None, force=False):
+def classification_to_detection(input_path: str, output_path: str, model: str | None = None,
+                                overrides: dict | None = None, key: str | None = None,
+                                force: bool = False) -> tuple[str, dict, Any]:
     """Build a detection backbone (``model`` or inferred from the checkpoint's sizes), load a
     classification checkpoint into it as :func:`load_classification_weights` does, and write it:
     a ``.pth`` output in mmdet's layout, anything else as a MindSpore ``.ckpt``.

@@ -14,14 +14,18 @@ is one :class:`CheckpointError` line, and outputs are written to temporary names
 so nothing partial is left. Tensors keep their dtype (float16 stays float16, int64 counters stay
 int64); bfloat16 ``.bin`` tensors are widened exactly to float32 (numpy has no bfloat16).
 """
+from __future__ import annotations
+
 import json
 import os
 import shutil
 import tempfile
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 from mindspore import dtype as mstype
+from mindspore import nn
 
 from ..checkpoint import load_param_dict, model_params, read_ms_checkpoint, save_ms_checkpoint
 from ..io import atomic_write, write_json
@@ -242,7 +246,8 @@ def load_hf_params(path, model=None, overrides=None, key=None, loaded=None):
     return name, overrides, net, params, config
 
 
-def hf_to_mindspore(input_path, output_path, model=None, overrides=None, key=None, force=False, loaded=None):
+def hf_to_mindspore(input_path: str, output_path: str, model: str | None = None, overrides: dict | None = None,
+                    key: str | None = None, force: bool = False, loaded: Any = None) -> tuple[str, dict, int]:
     """HF LLaMA (folder or file) -> ``output_path`` (.ckpt) and its ``.config.json``.
     Returns ``(name, overrides, n_tensors)``."""
     side = sidecar_path(output_path)
@@ -335,8 +340,9 @@ def _write_weights(sd, path, fmt):
         write_torch_state_dict(path, sd)
 
 
-def mindspore_to_hf(input_path, output_path, model=None, overrides=None, force=False, fmt="safetensors",
-                    config_path=None, loaded=None):
+def mindspore_to_hf(input_path: str, output_path: str, model: str | None = None, overrides: dict | None = None,
+                    force: bool = False, fmt: str = "safetensors", config_path: str | None = None,
+                    loaded: Any = None) -> tuple[str, dict, int]:
     """MindSpore LLaMA ``.ckpt`` -> HF folder (or a single ``.safetensors``/``.bin`` file when
     ``output_path`` ends so). Returns ``(name, overrides, n_tensors)``."""
     if fmt not in ("safetensors", "bin"):
@@ -386,7 +392,7 @@ def mindspore_to_hf(input_path, output_path, model=None, overrides=None, force=F
 
 
 # --------------------------------------------------------------------------------------- loading
-def load_llama(path, config=None, dtype=None, **overrides):
+def load_llama(path: str, config: str | None = None, dtype: str | None = None, **overrides: Any) -> nn.Cell:
     """A loaded LLaMA from a converted ``X.ckpt`` (its ``X.config.json``, or ``config``), an HF
     folder, or an HF weights file (converted in memory). ``dtype`` overrides the checkpoint's."""
     path = os.fspath(path)
@@ -405,7 +411,7 @@ def load_llama(path, config=None, dtype=None, **overrides):
     return net
 
 
-def verify_llama(torch_path, ms_path, seed=0):
+def verify_llama(torch_path: str, ms_path: str, seed: int = 0) -> tuple[float, float]:
     """``(max|diff|, relative)`` of the PyTorch reference (``torch_ref.llama``) on the HF weights
     and the MindSpore model (GRAPH_MODE) on the converted checkpoint: eval logits of 2 random
     sequences of 16 tokens, the second with 4 padded positions."""

@@ -1,5 +1,7 @@
 """Parity of a converted checkpoint: the PyTorch reference (:mod:`.torch_ref`, needs torch) on the
 .pth against MindSpore (GRAPH_MODE) on the .ckpt, eval mode, one random batch."""
+from __future__ import annotations
+
 import numpy as np
 
 from ..checkpoint import load_checkpoint
@@ -8,7 +10,8 @@ from ..models.registry import create_model
 from .torch_io import extract_state_dict, read_torch_checkpoint
 
 
-def verify_conversion(model, overrides, torch_path, ms_path, key=None, seed=0):
+def verify_conversion(model: str, overrides: dict, torch_path: str, ms_path: str, key: str | None = None,
+                      seed: int = 0) -> tuple[float, float]:
     """``(max|diff|, relative diff)`` of the two models' logits on 2 random images."""
     import mindspore as ms
     try:

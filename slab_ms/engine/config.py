@@ -4,10 +4,13 @@
 returns a ``Config`` (attribute access). Every key must be known: a typo in a YAML file or on
 the command line is an error naming the closest known key, never a silently ignored setting.
 """
+from __future__ import annotations
+
 import argparse
 import ast
 import difflib
 import os
+from typing import Any
 
 import yaml
 
@@ -302,14 +305,14 @@ def parse_args(parser, argv):
     return vars(args)
 
 
-def parse_overrides(argv):
+def parse_overrides(argv: list[str]) -> dict[str, str]:
     """``['--lr', '1e-3', '--ema', '--x=1']`` -> ``{'lr': '1e-3', 'ema': 'true', 'x': '1'}`` (schema keys
     and ``config`` only; values are checked by :func:`load_config`)."""
     got = parse_args(build_parser(), argv)
     return {k: v for k, v in got.items() if v is not None or k != "config"}
 
 
-def load_config(path=None, overrides=None):
+def load_config(path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults <- YAML file <- overrides, every key checked; returns a ``Config``."""
     cfg = Config({k: (list(v[0]) if isinstance(v[0], list) else dict(v[0]) if isinstance(v[0], dict) else v[0])
                   for k, v in SCHEMA.items()})

@@ -18,6 +18,8 @@ Every model module that owns a RepBN next to a linear map has a ``reparameterize
 that calls ``fold_norm`` and replaces the norm by ``nn.Identity``; ``reparameterize(net)``
 walks the tree once and calls them.
 """
+from __future__ import annotations
+
 import time
 
 import numpy as np
@@ -94,7 +96,7 @@ def fold_norm_into(norm, owner, names):
     return True
 
 
-def reparameterize(net):
+def reparameterize(net: nn.Cell) -> nn.Cell:
     """Fold every RepBN/PRepBN of ``net`` into its neighbouring linear map, in place, and put
     ``net`` in eval mode (a fused network is for inference only). Returns ``net``.
 
@@ -121,7 +123,7 @@ def reparameterize(net):
     return net
 
 
-def remaining_norms(net):
+def remaining_norms(net: nn.Cell) -> list[str]:
     """Names of the norm cells (RepBN, PRepBN, BatchNorm, LayerNorm) still in ``net``."""
     from .prepbn import TokenBatchNorm
     kinds = (RepBN, PRepBN, TokenBatchNorm, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d)

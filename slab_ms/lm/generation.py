@@ -8,8 +8,11 @@ prompts are left-padded, ``position_ids = cumsum(attention_mask) - 1``, greedy t
 maximum, sampling applies temperature, then top-k, then top-p, and a row that produced
 ``eos_token_id`` is continued with ``pad_token_id`` until every row has finished.
 """
+from __future__ import annotations
+
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import mindspore as ms
@@ -164,8 +167,10 @@ def next_tokens(logits, do_sample, rng, temperature=1.0, top_k=0, top_p=1.0):
     return np.minimum((np.cumsum(probs, axis=-1) < u).sum(axis=-1), probs.shape[-1] - 1)
 
 
-def generate(lm, input_ids, attention_mask=None, max_new_tokens=20, do_sample=False, temperature=1.0, top_k=0,
-             top_p=1.0, seed=None, use_cache=True, eos_token_id="config", pad_token_id=None, stats=None):
+def generate(lm: nn.Cell, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 20,
+             do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             seed: int | None = None, use_cache: bool = True, eos_token_id: int | str | None = "config",
+             pad_token_id: int | None = None, stats: GenerationStats | None = None) -> np.ndarray:
     """Generate continuations of ``input_ids`` (B, P) (a left-padded batch with its
     ``attention_mask``, or a list of token-id lists, padded here). Returns the ids (B, P + n),
     n <= max_new_tokens (generation stops when every row has produced eos). ``stats``, a
@@ -265,7 +270,8 @@ def _uncached_stepper(lm, ids, mask, cache_len, stats):
     return step
 
 
-def generate_text(lm, tokenizer, prompts, stats=None, **kwargs):
+def generate_text(lm: nn.Cell, tokenizer: Any, prompts: list[str], stats: GenerationStats | None = None,
+                  **kwargs: Any) -> list[str]:
     """Generate from text prompts with a :class:`slab_ms.lm.tokenizer.Tokenizer` (checked against the
     model's vocabulary). Returns the list of continuations (prompt excluded)."""
     tokenizer.check_vocab(lm.config["vocab_size"])

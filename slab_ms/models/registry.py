@@ -1,5 +1,10 @@
 """Model registry: ``@register_model`` constructors that only fill in sizes (timm/mindcv style)."""
+from __future__ import annotations
+
 import inspect
+from typing import Any, Callable
+
+from mindspore import nn
 
 from ..errors import ConfigError
 
@@ -56,7 +61,7 @@ def build_registered(cls, defaults, pretrained, kwargs):
     return model
 
 
-def register_model(fn):
+def register_model(fn: Callable[..., nn.Cell]) -> Callable[..., nn.Cell]:
     _MODELS[fn.__name__] = fn
     return fn
 
@@ -81,7 +86,7 @@ def register_language_model(fn):
     return register_model(fn)
 
 
-def list_models(task="classification"):
+def list_models(task: str = "classification") -> list[str]:
     """Registered names: the classification models (default), ``"detection"`` backbones, or ``"all"``."""
     if task == "all":
         return sorted(_MODELS)
@@ -94,11 +99,11 @@ def list_models(task="classification"):
     raise ValueError(f"task must be 'classification', 'detection', 'language' or 'all', got {task!r}")
 
 
-def is_model(name):
+def is_model(name: str) -> bool:
     return name in _MODELS
 
 
-def create_model(name, **overrides):
+def create_model(name: str, **overrides: Any) -> nn.Cell:
     """Build a registered model; keyword overrides (``embed_dim``, ``depths``, ``num_heads``,
     ``img_size``, ``num_classes``, ``drop_path_rate``, ``attn_type``, ``window_size``, ...) replace
     the registered defaults."""
