@@ -6,18 +6,23 @@
 # the fused model to MindIR with a dynamic batch, run it on the validation images with
 # infer.py (through MindSpore Lite's C++ runtime when scripts/get_lite.sh can build it), and print
 # the training summary JSON (plus a "deploy" record) as the very last line.
-# Extra arguments go to train.py (--key value).
-REQS="requirements.txt"
-source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
-OUT=output/quickstart
+# Extra arguments go to train.py (--key value). The output goes to output/quickstart under the
+# repository root, or to QUICKSTART_OUT when set (the tests give it a folder of their own); OUT
+# from the caller's environment is ignored.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${QUICKSTART_OUT:-output/quickstart}"
 CONFIG=configs/quickstart_digits.yaml
 # A fresh run each time (continue one with train.py --resume auto instead). The folder is removed
 # only when it holds the mark this script leaves: a folder it did not create is never deleted.
+# Checked before the environment is set up, so a refusal costs nothing.
 MARK="$OUT/.made-by-quickstart"
 if [ -e "$OUT" ] && [ ! -f "$MARK" ]; then
   echo "error: $OUT exists and was not made by scripts/quickstart.sh; move it away and run again" >&2
   exit 2
 fi
+REQS="requirements.txt"
+source scripts/_venv.sh
 if [ -f "$MARK" ]; then rm -rf "$OUT"; fi
 python scripts/make_digits.py --out data/digits
 mkdir -p "$OUT" && touch "$MARK"

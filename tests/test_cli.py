@@ -122,24 +122,21 @@ def test_run_distribute_checks_config_and_data_before_launching(tmp_path):
 
 def test_scripts_never_delete_a_folder_they_did_not_create(tmp_path):
     """make_digits.py refuses a non-empty folder it did not make; quickstart.sh ignores OUT from the
-    caller's environment and refuses an output/quickstart without its mark; the user's files survive."""
+    caller's environment and refuses an output folder without its mark (here QUICKSTART_OUT, a
+    folder of this test's own: the checkout's output/quickstart is never looked at), before it
+    sets up any environment (PYTHON=false would stop that); the user's files survive."""
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("user data")
     p = _run([sys.executable, os.path.join(ROOT, "scripts", "make_digits.py"), "--out", str(mine)])
     assert p.returncode != 0 and "is not a digits tree made by this script" in p.stderr
-    out = os.path.join(ROOT, "output", "quickstart")
-    if os.path.exists(out):
-        pytest.skip("output/quickstart exists (a real quick start): not touched by the tests")
-    os.makedirs(out)
-    try:
-        with open(os.path.join(out, "notes.txt"), "w") as f:
-            f.write("not quickstart's")
-        p = _run(["bash", os.path.join(ROOT, "scripts", "quickstart.sh")], env={"OUT": str(mine)}, timeout=600)
-        assert p.returncode == 2 and _last_error(p) == ("error: output/quickstart exists and was not made by "
-                                                         "scripts/quickstart.sh; move it away and run again"), p.stderr
-        assert (mine / "keep.txt").read_text() == "user data"
-        assert open(os.path.join(out, "notes.txt")).read() == "not quickstart's"
-    finally:   # only what this test made
-        os.remove(os.path.join(out, "notes.txt"))
-        os.rmdir(out)
+    out = tmp_path / "quickstart"
+    out.mkdir()
+    (out / "notes.txt").write_text("not quickstart's")
+    p = _run(["bash", os.path.join(ROOT, "scripts", "quickstart.sh")],
+             env={"OUT": str(mine), "QUICKSTART_OUT": str(out), "PYTHON": "false"}, timeout=60)
+    assert p.returncode == 2 and _last_error(p) == (f"error: {out} exists and was not made by "
+                                                     "scripts/quickstart.sh; move it away and run again"), p.stderr
+    assert (mine / "keep.txt").read_text() == "user data"
+    assert (out / "notes.txt").read_text() == "not quickstart's"
+    assert sorted(os.listdir(out)) == ["notes.txt"] and sorted(os.listdir(mine)) == ["keep.txt"]
