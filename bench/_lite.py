@@ -21,7 +21,8 @@ def time_lite_runner(runner, mindir, batches, repeats, size, threads, tmp, round
     """Per batch size: ``b{b}_ms`` (latency, ms) and ``b{b}_ips`` (images/s) from the runner's own mean
     Predict time over ``repeats`` calls after its first (``max(2, repeats // 2)`` at batches above
     1), the median over ``rounds`` runner processes; ``first_call_s`` for the first batch
-    size: one whole run (process start, Build, one Predict), the median over the rounds too.
+    size: one whole run (process start, Build, one Predict), the median over the rounds too; with
+    ``rounds`` > 1, ``b{b}_rounds_ms`` lists each round's latency.
     ``mindir`` must be a file Lite builds (``--mindir-compat 2.0``); ``tmp`` holds the inputs."""
     out = {}
     for b in batches:
@@ -41,4 +42,6 @@ def time_lite_runner(runner, mindir, batches, repeats, size, threads, tmp, round
             out["first_call_s"] = statistics.median(firsts)
         out[f"b{b}_ms"] = 1000 * med
         out[f"b{b}_ips"] = b / med
+        if rounds > 1:
+            out[f"b{b}_rounds_ms"] = [1000 * m for m in means]
     return out
