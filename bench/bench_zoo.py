@@ -29,6 +29,7 @@ table. Writes ``--out`` (markdown) and the same name with ``.json``.
 import argparse
 import datetime
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -132,9 +133,13 @@ def machine_info(threads):
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             return None
+    git = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    spec = importlib.util.find_spec("slab_ms")   # locates the package without running it
     return {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu,
             "nproc": os.cpu_count(), "threads": threads, "mindspore": version("mindspore"),
-            "onnx": version("onnx"), "python": platform.python_version()}
+            "onnx": version("onnx"), "python": platform.python_version(),
+            "commit": git.stdout.strip() if git.returncode == 0 else None,
+            "slab_ms_path": list(spec.submodule_search_locations)[0] if spec else None}
 
 
 def last_error(stderr):
@@ -207,7 +212,8 @@ def write(args, info, rows, load_end):
     head = [
         "# Model zoo: parameters, GFLOPs and Lite latency",
         "",
-        f"Measured {info['date']} by `python bench/bench_zoo.py {' '.join(args.argv)}`".rstrip() + ".",
+        f"Measured {info['date']} by `python bench/bench_zoo.py {' '.join(args.argv)}`".rstrip() +
+        f" at commit {info['commit']} (slab_ms from `{info['slab_ms_path']}`).",
         f"Machine: {info['cpu']}, nproc {info['nproc']} (shared with other jobs). MindSpore {info['mindspore']}; "
         f"MindSpore Lite {lite['version']} C++ runtime through slab_ms/deploy/lite_runner, {info['threads']} threads; "
         f"onnx {info['onnx']} for the shapes.",
