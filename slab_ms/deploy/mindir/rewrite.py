@@ -12,74 +12,9 @@ import struct
 
 from mindspore.train import mind_ir_pb2 as pb
 
-from ...errors import SlabError
-from ...io import atomic_write
-
-A = pb.AttributeProto
-
-
-class CompatError(SlabError, ValueError):
-    """A MindIR the Lite 2.0 rewrite cannot handle; the message is one line."""
-
-
-# ---------------------------------------------------------------- attribute encoding
-def _attr(name, value):
-    a = A(name=name)
-    if isinstance(value, bool):
-        a.type, a.i = A.BOOL, int(value)
-    elif isinstance(value, int):
-        a.type, a.i = A.INT64, value
-    elif isinstance(value, float):
-        a.type, a.f = A.FLOAT, value
-    elif isinstance(value, str):
-        a.type, a.s = A.STRING, value.encode()
-    elif isinstance(value, (tuple, list)):
-        a.type = A.TUPLE if isinstance(value, tuple) else A.LIST
-        for v in value:
-            sub = a.values.add()
-            if isinstance(v, bool):
-                sub.type, sub.i = A.BOOL, int(v)
-            elif isinstance(v, int):
-                sub.type = A.INT64
-                sub.ints.append(v)
-            elif isinstance(v, float):
-                sub.type = A.FLOAT
-                sub.floats.append(v)
-            else:
-                raise CompatError(f"cannot encode attribute {name}={value!r}")
-    else:
-        raise CompatError(f"cannot encode attribute {name}={value!r}")
-    return a
-
-
-def _const_value(node):
-    """Python value of a Constant node's 'value' attribute (scalars, tuples, None)."""
-    a = node.attribute[0]
-    if a.type == A.NONE:
-        return None
-    if a.type == A.BOOL:
-        return bool(a.i)
-    if a.type in (A.INT64, A.INT32, A.INT8, A.INT16, A.UINT8):
-        return int(a.i)
-    if a.type == A.FLOAT:
-        return float(a.f)
-    if a.type == A.DOUBLE:
-        return float(a.d)
-    if a.type in (A.TUPLE, A.LIST):
-        out = []
-        for v in a.values:
-            if v.ints:
-                out.append(int(v.ints[0]))
-            elif v.type in (A.INT64, A.INT32, A.BOOL):
-                out.append(int(v.i))
-            elif v.floats:
-                out.append(float(v.floats[0]))
-            elif v.type == A.FLOAT:
-                out.append(float(v.f))
-            else:
-                raise CompatError(f"unsupported tuple element in constant {node.name}: {v}")
-        return tuple(out)
-    return a  # tensors etc.: returned raw
+from .errors import CompatError
+from .proto import AttributeProto as A, constant_value as _const_value, encode_attribute as _attr, read_model, \
+    write_model
 
 
 # ---------------------------------------------------------------- shape inference
@@ -734,13 +669,7 @@ def rewrite(model):
 
 def convert_file(src, dst):
     """Rewrite the MindIR ``src`` for Lite 2.0 into ``dst`` (written whole or not at all)."""
-    m = pb.ModelProto()
-    try:
-        with open(src, "rb") as f:
-            m.ParseFromString(f.read())
-    except Exception as e:  # protobuf raises DecodeError, RuntimeWarning, ...
-        raise CompatError(f"cannot read MindIR {src}: {type(e).__name__}") from None
-    rewrite(m)
-    with atomic_write(dst, suffix=".mindir") as tmp, open(tmp, "wb") as f:
-        f.write(m.SerializeToString())
+    model = read_model(src)
+    rewrite(model)
+    write_model(model, dst)
     return dst
