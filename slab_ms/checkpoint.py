@@ -35,14 +35,110 @@ def save_ms_checkpoint(params, path):
         ms.save_checkpoint([{"name": k, "data": ms.Tensor(np.asarray(v))} for k, v in params.items()], tmp)
 
 
+# The SLAB authors' own MindSpore port (mindspore-lab/models, research/huawei-noah/SLAB: Swin-T with
+# RepBN; its release asset is swin_tiny_prepbn_mindspore.ckpt) saves its cell tree under the names
+# this package uses, with two differences: it stores the tensors Swin computes from its sizes
+# (``<block>.attn.relative_position_index`` (N, N) int64 and, in shifted blocks, ``<block>.attn_mask``
+# (1, nW, 1, N, N)) as parameters, and its BNs have no ``num_batches_tracked``. This is the one place
+# that recognises and adapts that layout: ``load_param_dict`` (so load_checkpoint, validate.py,
+# train.py's ckpt_path, export) and convert.py --from mindspore (via ``convert/route.py``) use it.
+OFFICIAL_MS = "official_ms"
+OFFICIAL_MS_BUFFERS = ("relative_position_index", "attn_mask")
+# Filled into every BN's missing ``num_batches_tracked``: what torch's BatchNorm loader fills into a
+# fresh module for a checkpoint saved without it, and the count of a BN whose count is unknown. With
+# momentum 0.1 (upstream's BatchNorm1d and TokenBatchNorm) no forward reads it: it only counts.
+OFFICIAL_MS_NUM_BATCHES_TRACKED = 0
+
+
+def _is_port_buffer(name):
+    return name.rpartition(".")[2] in OFFICIAL_MS_BUFFERS
+
+
+def is_official_ms_layout(params) -> bool:
+    """True for a model ``{name: array}`` in the official MindSpore port's layout: it stores a computed
+    buffer (``relative_position_index``, ``attn_mask``), which this package's checkpoints never do."""
+    return any(_is_port_buffer(k) for k in params)
+
+
+def official_ms_buffer(name, value):
+    """A stored port buffer in the shape this package computes it: ``attn_mask`` (1, nW, 1, N, N) is
+    upstream's (nW, N, N); ``relative_position_index`` is (N, N) in both."""
+    shape = np.shape(value)
+    if name.endswith("attn_mask") and len(shape) == 5 and shape[0] == 1 and shape[2] == 1:
+        return np.reshape(value, (shape[1], shape[3], shape[4]))
+    return value
+
+
+def official_ms_shapes(params):
+    """``{name: shape}`` of a port checkpoint with its buffers in this package's (and upstream's)
+    shapes, for inferring the architecture (Swin's resolution comes from the ``attn_mask`` count)."""
+    return {k: tuple(np.shape(official_ms_buffer(k, v) if _is_port_buffer(k) else v)) for k, v in params.items()}
+
+
+def computed_buffers(net):
+    """``{name: array}`` of the tensors ``net`` computes that upstream stores as buffers (each cell's
+    ``torch_buffers()``, e.g. Swin's ``relative_position_index`` and ``attn_mask``)."""
+    out = {}
+
+    def visit(cell, prefix):
+        buffers = getattr(cell, "torch_buffers", None)
+        if buffers is not None:
+            for name, value in buffers().items():
+                out[prefix + name] = value
+        for child_name, child in cell.name_cells().items():
+            visit(child, f"{prefix}{child_name}.")
+
+    visit(net, "")
+    return out
+
+
+def _summary(kind, names, limit=8):
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return f"{len(names)} {kind}: {', '.join(names[:limit])}{more}"
+
+
+def adapt_official_ms(params, net):
+    """The official MindSpore port's ``{name: array}`` in this package's layout for ``net``:
+    ``(params, problems)``. Each stored buffer must equal what ``net`` computes and is then dropped;
+    a buffer ``net`` computes must be stored; each BN's missing ``num_batches_tracked`` is filled with
+    ``OFFICIAL_MS_NUM_BATCHES_TRACKED``. ``problems`` (one string per kind) is empty when it fits."""
+    expected = computed_buffers(net)
+    stored = [k for k in params if _is_port_buffer(k)]
+    unexpected = [k for k in stored if k not in expected]
+    missing = [k for k in expected if _is_port_buffer(k) and k not in params]
+    differ = []
+    for k in stored:
+        if k in expected:
+            value = np.asarray(official_ms_buffer(k, params[k]))
+            if value.shape != np.shape(expected[k]) or not np.array_equal(value, expected[k]):
+                differ.append(f"{k} {list(np.shape(params[k]))}")
+    out = {k: v for k, v in params.items() if not _is_port_buffer(k)}
+    for name, _ in net.parameters_and_names():
+        if name.endswith(".num_batches_tracked") and name not in out:
+            out[name] = np.asarray(OFFICIAL_MS_NUM_BATCHES_TRACKED, np.int64)
+    problems = []
+    if missing:
+        problems.append(_summary("computed buffers missing", missing))
+    if unexpected:
+        problems.append(_summary("buffers the model does not compute", unexpected))
+    if differ:
+        problems.append(_summary("buffers that differ from what the model computes (window size or "
+                                 "resolution differ?)", differ))
+    return out, problems
+
+
 def load_param_dict(net, params, what="checkpoint"):
-    """Strictly copy ``{name: array}`` into ``net``; raises naming every problem, loads nothing then."""
+    """Strictly copy ``{name: array}`` into ``net``; raises naming every problem, loads nothing then.
+    The official MindSpore port's layout is recognised and adapted (:func:`adapt_official_ms`)."""
+    problems = []
+    if is_official_ms_layout(params):
+        params, problems = adapt_official_ms(params, net)
+        what = f"{what} (the official MindSpore port's layout)"
     own = dict(net.parameters_and_names())
     missing = [k for k in own if k not in params]
     unexpected = [k for k in params if k not in own]
     mismatched = [f"{k} {list(np.shape(params[k]))} vs model {list(own[k].shape)}"
                   for k in own if k in params and tuple(np.shape(params[k])) != tuple(own[k].shape)]
-    problems = []
     for kind, names in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched)):
         if names:
             problems.append(f"{len(names)} {kind}: {', '.join(names)}")

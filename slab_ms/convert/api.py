@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checkpoint import model_params, save_ms_checkpoint
+from ..checkpoint import OFFICIAL_MS, adapt_official_ms, model_params, official_ms_shapes, save_ms_checkpoint
+from ..errors import CheckpointError
 from . import detection, hf
 from .common import build_for_conversion, check_output, resolve_architecture
 from .mapping import ms_to_torch, ms_to_torch_name, torch_to_ms
@@ -42,8 +43,9 @@ def torch_to_mindspore(input_path: str, output_path: str, model: str | None = No
 
 
 def _torch_shapes_of_ms(params):
-    """PyTorch-style keys for architecture inference from a MindSpore checkpoint."""
-    return {ms_to_torch_name(k): tuple(np.shape(v)) for k, v in params.items()}
+    """PyTorch-style keys for architecture inference from a MindSpore checkpoint (``params``: its
+    arrays or their shapes)."""
+    return {ms_to_torch_name(k): tuple(v if isinstance(v, tuple) else np.shape(v)) for k, v in params.items()}
 
 
 def mindspore_to_torch(input_path: str, output_path: str, model: str | None = None, overrides: dict | None = None,
@@ -51,7 +53,9 @@ def mindspore_to_torch(input_path: str, output_path: str, model: str | None = No
                        hf_format: str = "safetensors") -> tuple[str, dict, int]:
     """Convert a MindSpore ``.ckpt`` to a PyTorch file loadable by the official model with strict=True.
     A detection backbone is written as mmdet saves it (:mod:`slab_ms.convert.detection`), a LLaMA
-    as a Hugging Face folder (``hf_format``: safetensors or bin). Returns ``(name, overrides, n_tensors)``."""
+    as a Hugging Face folder (``hf_format``: safetensors or bin). The official MindSpore port's
+    Swin-T-RepBN checkpoint (``route.layout == OFFICIAL_MS``) is adapted as ``slab_ms.load_checkpoint``
+    adapts it. Returns ``(name, overrides, n_tensors)``."""
     route = route or route_mindspore(input_path, model, hf.sidecar_path(input_path))
     if route.kind == LLAMA:
         return hf.mindspore_to_hf(input_path, output_path, model, overrides, force, hf_format, loaded=route.loaded)
@@ -61,8 +65,16 @@ def mindspore_to_torch(input_path: str, output_path: str, model: str | None = No
         return r.name, r.overrides, r.n_tensors
     check_output(output_path, force)
     params = model_params(route.loaded)  # a training checkpoint: its model part
-    name, overrides = resolve_architecture(model, overrides, _torch_shapes_of_ms(params), input_path)
+    official = route.layout == OFFICIAL_MS
+    shapes = official_ms_shapes(params) if official else params
+    name, overrides = resolve_architecture(model, overrides, _torch_shapes_of_ms(shapes), input_path)
     net = build_for_conversion(name, overrides)
-    sd = ms_to_torch(net, params, what=f"{input_path} (as {name})")
+    what = f"{input_path} (as {name})"
+    if official:   # its stored buffers checked against net's and dropped, num_batches_tracked filled
+        params, problems = adapt_official_ms(params, net)
+        what = f"{input_path} (the official MindSpore port's layout, as {name})"
+        if problems:
+            raise CheckpointError(f"{what} does not fit the model; " + "; ".join(problems))
+    sd = ms_to_torch(net, params, what=what)
     write_torch_state_dict(output_path, sd, wrap_key=wrap_key)
     return name, overrides, len(sd)

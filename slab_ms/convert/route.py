@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from ..checkpoint import model_params, read_ms_checkpoint
+from ..checkpoint import OFFICIAL_MS, is_official_ms_layout, model_params, read_ms_checkpoint
 from ..errors import CheckpointError
 from ..models.llama import is_llama_layout
 from ..models.registry import list_models
@@ -29,9 +29,11 @@ _HF_SUFFIXES = (".safetensors", ".index.json")
 @dataclass
 class Route:
     """``kind``: LLAMA, DETECTION or CLASSIFICATION; ``loaded``: what routing read (the loaded
-    PyTorch object, or the MindSpore checkpoint's ``{name: array}``), None when it read nothing."""
+    PyTorch object, or the MindSpore checkpoint's ``{name: array}``), None when it read nothing;
+    ``layout``: ``checkpoint.OFFICIAL_MS`` for the SLAB authors' MindSpore port's layout, else None."""
     kind: str
     loaded: Any = None
+    layout: str | None = None
 
 
 def is_detection_backbone_keys(keys) -> bool:
@@ -91,11 +93,14 @@ def route_torch(path: str, model: str | None = None, key: str | None = None) -> 
 
 def route_mindspore(path: str, model: str | None = None, sidecar: str | None = None) -> Route:
     """Route a MindSpore ``.ckpt``: read once, then by ``model``, a LLaMA ``.config.json``
-    sidecar (``sidecar``: its path), or the checkpoint's names."""
+    sidecar (``sidecar``: its path), or the checkpoint's names. The official MindSpore port's layout
+    (computed buffers stored) is recognised here and marked ``layout=OFFICIAL_MS``."""
     path = os.fspath(path)
-    if model:
-        return Route(_kind_of_model(model), read_ms_checkpoint(path))
     params = read_ms_checkpoint(path)
+    if is_official_ms_layout(model_params(params)):   # the authors' port: Swin-T-RepBN, a classifier
+        return Route(_kind_of_model(model) if model else CLASSIFICATION, params, OFFICIAL_MS)
+    if model:
+        return Route(_kind_of_model(model), params)
     if (sidecar and os.path.isfile(sidecar)) or is_llama_layout(params):
         return Route(LLAMA, params)
     detection = is_detection_backbone_keys(ms_to_torch_name(k) for k in model_params(params))
