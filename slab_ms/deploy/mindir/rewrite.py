@@ -25,17 +25,8 @@ def rewrite(model):
         if node.op_type != "Constant":
             _apply_rule(ctx, node)
     nodes = _reachable(_new_node_order(model, ctx), model.graph.output)
-    left = sorted({ctx.original_op(n) for n in nodes if n.name in ctx.original and ctx.original_op(n) in SHAPE_ONLY})
-    if left:
-        raise CompatError("shape computation left in the graph after the rewrite (Lite 2.0 cannot run it): "
-                          + ", ".join(left))
-    used = {primitive_name(n) for n in nodes if is_primitive_call(n)}
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    model.primitives.extend(ctx.new_primitives.values())
-    kept_primitives = [p for p in model.primitives if p.name in used]
-    del model.primitives[:]
-    model.primitives.extend(kept_primitives)
+    _check_no_shape_computation_left(ctx, nodes)
+    _replace_nodes(model, ctx, nodes)
     model.mind_ir_version = 1
     return model
 
@@ -99,3 +90,22 @@ def _reachable(nodes, graph_outputs):
         live.add(node.name)
         stack.extend(node.input)
     return [n for n in nodes if n.name in live]
+
+
+def _check_no_shape_computation_left(ctx, nodes):
+    # the new constants are not in ctx.original
+    left = sorted({ctx.original_op(n) for n in nodes if n.name in ctx.original and ctx.original_op(n) in SHAPE_ONLY})
+    if left:
+        raise CompatError("shape computation left in the graph after the rewrite (Lite 2.0 cannot run it): "
+                          + ", ".join(left))
+
+
+def _replace_nodes(model, ctx, nodes):
+    """The graph's nodes become ``nodes``; the primitives, old and new, are those they use."""
+    used = {primitive_name(n) for n in nodes if is_primitive_call(n)}
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.primitives.extend(ctx.new_primitives.values())
+    kept = [p for p in model.primitives if p.name in used]
+    del model.primitives[:]
+    model.primitives.extend(kept)
