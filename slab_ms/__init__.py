@@ -1,5 +1,5 @@
 """SLAB for MindSpore: PRepBN, Simplified Linear Attention and the SLAB/PRepBN model zoo."""
-from ._env import configure_onednn
+from ._env import configure_onednn, quiet_cell_teardown
 
 configure_onednn()
 
@@ -11,6 +11,7 @@ from .models import create_model, is_model, list_models, register_model  # noqa:
 from .models.registry import register_with_mindcv  # noqa: E402
 
 register_with_mindcv()
+quiet_cell_teardown()   # no 'Exception ignored in Cell.__del__' at exit: see _env.py
 
 __version__ = "0.1.0"
 
