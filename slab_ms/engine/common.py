@@ -40,6 +40,9 @@ def setup_context(cfg):
         ms.reset_auto_parallel_context()
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                      device_num=world)
+    level = jit_level_for(cfg, target)
+    if level is not None:
+        ms.set_context(jit_config={"jit_level": level})
     ms.set_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -57,6 +60,22 @@ def build_model(cfg):
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     kwargs.update(cfg.model_kwargs)
     return create_model(cfg.model, **kwargs)
+
+
+def jit_level_for(cfg, target):
+    """The graph compile level: ``jit_level``, or for ``auto`` O2 in graph mode on Ascend (as mindcv
+    sets it) and MindSpore's own default elsewhere (None)."""
+    if cfg.jit_level != "auto":
+        return cfg.jit_level
+    return "O2" if target == "Ascend" and cfg.mode == 0 else None
+
+
+def sink_mode_for(cfg, target):
+    """Dataset sink mode: ``dataset_sink_mode``, or when unset on for Ascend and off elsewhere (the
+    per-step loop compiles faster on CPU and runs as fast: docs/training.md, sink mode)."""
+    if cfg.dataset_sink_mode is not None:
+        return bool(cfg.dataset_sink_mode)
+    return target == "Ascend"
 
 
 def amp_level_for(cfg, target):

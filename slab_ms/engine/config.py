@@ -100,6 +100,15 @@ SCHEMA = {
     "model_kwargs": ({}, "dict", "other constructor overrides, e.g. {embed_dim: 32, depths: [1, 1]}"),
     "amp_level": ("auto", "str", "mixed precision (auto: O2 on Ascend, O0 elsewhere)",
                   ("auto", "O0", "O1", "O2", "O3")),
+    "jit_level": ("auto", "str", "graph compile level (MindSpore JitConfig jit_level): O0 kernel by kernel, O1 with "
+                                 "fusions, O2 whole-graph sinking (Ascend); auto: O2 in graph mode on Ascend, "
+                                 "MindSpore's default elsewhere", ("auto", "O0", "O1", "O2")),
+    "dataset_sink_mode": (None, "bool", "sink the data: sink_size optimizer steps per host call, the loss, finite "
+                                        "flags, lr and lambda read back once per sink, the PRepBN counters moved in "
+                                        "the graph (unset: on for Ascend, off elsewhere; CPU has no device queue, "
+                                        "so there the host launches each step without reading anything back)"),
+    "sink_size": (None, "int", "optimizer steps per sink in dataset sink mode (unset: an epoch); sinks also end at "
+                               "checkpoint steps"),
     # checkpoints
     "ckpt_save_dir": ("./ckpt", "str", "output directory: checkpoints, logs, summary.json, curves PNG"),
     "ckpt_save_interval": (1, "int", "epochs between checkpoints"),
@@ -242,6 +251,69 @@ def _coerce_kind(key, value, where):
     raise ConfigError(f"{key} in {where}: expected {kind}, got {type(value).__name__} {value!r}")
 
 
+# ---------------------------------------------------------------------------- shipped configs
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def config_dirs():
+    """The folders that hold the shipped configs, first match wins: ``slab_ms/configs`` inside an
+    installed package (the wheel carries a copy of the checkout's ``configs/``, made by setup.py at
+    build time), then the ``configs/`` folder of the checkout that this slab_ms was imported from
+    (``python train.py``, ``pip install -e .``)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    checkout = os.path.dirname(package)
+    dirs = [os.path.join(package, "configs")]
+    if os.path.isfile(os.path.join(checkout, "pyproject.toml")) and os.path.isfile(os.path.join(checkout, "train.py")):
+        dirs.append(os.path.join(checkout, "configs"))   # only this project's checkout, not any site-packages/configs
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def shipped_configs():
+    """``{name: path}`` of the shipped configs (``slab_swin_t`` -> ``.../configs/slab_swin_t.yaml``)."""
+    found = {}
+    for d in config_dirs():
+        for f in sorted(os.listdir(d)):
+            stem, ext = os.path.splitext(f)
+            if ext in CONFIG_SUFFIXES and os.path.isfile(os.path.join(d, f)):
+                found.setdefault(stem, os.path.join(d, f))
+    return found
+
+
+def resolve_config(path):
+    """The YAML file ``--config`` names. An existing file is taken as given (relative to the current
+    folder). Otherwise a shipped config, by name (``slab_swin_t``, ``slab_swin_t.yaml``) or by its path
+    in the checkout (``configs/slab_swin_t.yaml``, what the README's commands say), so those commands
+    also work from any folder once the package is installed. Anything else is a ConfigError."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path
+    folder, name = os.path.split(path.replace("\\", "/"))
+    stem, ext = os.path.splitext(name)
+    if folder not in ("", "configs", "./configs") or ext not in CONFIG_SUFFIXES + ("",):
+        raise ConfigError(f"config file {path} not found")
+    shipped = shipped_configs()
+    if stem in shipped:
+        return shipped[stem]
+    near = difflib.get_close_matches(stem, shipped, n=3)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    raise ConfigError(f"config file {path} not found: no such file and no shipped config of that name{hint} "
+                      "(--list-configs lists them)")
+
+
+def describe_configs():
+    """One line per shipped config: its name, model and the first line of its leading comment."""
+    lines = []
+    for name, path in shipped_configs().items():
+        try:
+            data = read_yaml(path)
+        except ConfigError:
+            continue
+        with open(path, encoding="utf-8") as f:
+            first = next((ln.lstrip("# ").strip() for ln in f if ln.startswith("#") and ln.strip("# \n")), "")
+        lines.append(f"{name:<22} {str(data.get('model', '')):<20} {first}")
+    return lines
+
+
 def read_yaml(path):
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path} not found")
@@ -313,29 +385,68 @@ def parse_overrides(argv: list[str]) -> dict[str, str]:
 
 
 def load_config(path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults <- YAML file <- overrides, every key checked; returns a ``Config``."""
+    """Defaults <- YAML file <- overrides, every key checked; returns a ``Config``. ``path`` is a
+    YAML file or a shipped config's name (:func:`resolve_config`); ``cfg.config`` is the file read.
+    Paths inside the config (``data_dir``, ``ckpt_save_dir``, ...) are relative to the current
+    folder, not to the config file."""
     cfg = Config({k: (list(v[0]) if isinstance(v[0], list) else dict(v[0]) if isinstance(v[0], dict) else v[0])
                   for k, v in SCHEMA.items()})
     layers = []
     if path:
+        path = resolve_config(path)
         layers.append((read_yaml(path), path))
     if overrides:
         layers.append((dict(overrides), "the command line"))
+    origins = {}   # key -> the layer that set it; the rest are defaults (see origin())
     for data, where in layers:
         # prepbn_steps and prepbn_fraction are one setting in two units: a layer that sets one of
         # them replaces what an earlier layer said with the other
         for a, b in (("prepbn_steps", "prepbn_fraction"), ("prepbn_fraction", "prepbn_steps")):
             if a in data and b not in data:
                 cfg[b] = None
+                origins[b] = where
         for key, value in data.items():
             if key == "config":
                 continue
             if key not in SCHEMA:
                 raise _unknown(key, where)
             cfg[key] = _coerce(key, value, where)
+            origins[key] = where
     cfg["config"] = path or ""
+    object.__setattr__(cfg, "_origins", origins)   # an attribute, not a key: never a config key itself
     validate(cfg)
     return cfg
+
+
+def origin(cfg, key):
+    """Where ``cfg[key]`` came from: a YAML file's path, ``"the command line"`` or ``"default"``; None
+    for a Config that :func:`load_config` did not make (a copy)."""
+    origins = cfg.__dict__.get("_origins")
+    if origins is None:
+        return None
+    return origins.get(key, "default")
+
+
+def _source(cfg, key):
+    """`` (default)``, `` (the command line)``, `` (from X.yaml)`` or nothing: for error messages."""
+    where = origin(cfg, key)
+    if where is None:
+        return ""
+    return f" ({where})" if where in ("default", "the command line") else f" (from {os.path.basename(where)})"
+
+
+def note_defaults(cfg, message):
+    """``message`` with a note for each config key it names that nobody set, so that an error about a
+    default value says so (``data_dir './' is the default``) instead of reading as the user's mistake."""
+    import re
+    unset = [k for k in SCHEMA if origin(cfg, k) == "default"
+             and re.search(rf"(?<![\w.-]){re.escape(k)}(?![\w-])", message)]
+    if not unset:
+        return message
+    notes = ", ".join(f"{k} {cfg[k]!r}" for k in unset)
+    flags = " / ".join("--" + k for k in unset)
+    return (f"{message} [{notes}: the default{'s' if len(unset) > 1 else ''}, set neither in a config nor on the "
+            f"command line; give {flags}]")
 
 
 def run_splits(cfg):
@@ -363,7 +474,11 @@ def validate(cfg):
     if cfg.prepbn_warm < 0 or cfg.bn_recalibrate_epochs < 0:
         raise ConfigError("prepbn_warm and bn_recalibrate_epochs must be >= 0")
     if cfg.warmup_steps is None and (cfg.warmup_epochs < 0 or cfg.warmup_epochs > cfg.epoch_size):
-        raise ConfigError(f"warmup_epochs {cfg.warmup_epochs} must be within 0..epoch_size ({cfg.epoch_size})")
+        # name where each value came from: epoch_size 1 on the command line against the default
+        # warm-up of 20 epochs is the user's epoch_size meeting a default they never saw
+        raise ConfigError(f"warmup_epochs {cfg.warmup_epochs}{_source(cfg, 'warmup_epochs')} must be within "
+                          f"0..epoch_size, which is {cfg.epoch_size}{_source(cfg, 'epoch_size')}"
+                          + ("; set --warmup_epochs too" if origin(cfg, "warmup_epochs") == "default" else ""))
     if cfg.pretrained:
         raise ConfigError("pretrained: SLAB weights are not downloaded; convert an official checkpoint with "
                           "convert.py and pass it as ckpt_path")
@@ -379,6 +494,8 @@ def validate(cfg):
         raise ConfigError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if cfg.bn_recalibrate_batches is not None and cfg.bn_recalibrate_batches <= 0:
         raise ConfigError(f"bn_recalibrate_batches must be > 0, got {cfg.bn_recalibrate_batches}")
+    if cfg.sink_size is not None and cfg.sink_size <= 0:
+        raise ConfigError(f"sink_size must be > 0, got {cfg.sink_size}")
     if cfg.ckpt_save_steps < 0:
         raise ConfigError(f"ckpt_save_steps must be >= 0, got {cfg.ckpt_save_steps}")
     if not 0 < cfg.val_fraction <= 0.5:

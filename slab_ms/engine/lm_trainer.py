@@ -19,7 +19,6 @@ it, so ``generate.py``, ``validate.py`` and ``convert.py --to hf`` rebuild the m
 import itertools
 import math
 import os
-import time
 
 import numpy as np
 
@@ -32,7 +31,8 @@ from ..lm.loss import CausalLMLoss, TokenNLL, batch_tensors, perplexity_of
 from ..lm.tokenizer import load_tokenizer
 from .schedule import current_lambda
 from .train_step import SumOverRanks
-from .common import learning_rates, logger, parameter_digest, progress_bar, setup_context
+from .common import learning_rates, logger, parameter_digest, setup_context
+from .sink import as_dataset
 from .trainer import Run
 
 TOKEN_KEYS = ("bos_token_id", "eos_token_id")
@@ -154,35 +154,20 @@ class LMRun(Run):
         done = self.meta["step"] - epoch * self.steps_per_epoch   # steps of this epoch already made (resume)
         batches = self.train_stream.train_batches(T, B, epoch, cfg.seed, self.rank, world, cfg.shuffle,
                                                   skip=done * k)
-        micro = (end - self.meta["step"]) * k
-        self.net.set_train(True)
-        bar = progress_bar(self.rank, end - self.meta["step"], f"epoch {epoch + 1}/{self.epochs}")
-        seen, t0, losses = 0, None, []
-        for i, batch in enumerate(batches):
-            if i >= micro:
-                break
-            loss, applied, finite = self.stepper.step(*batch_tensors(batch))
-            if not math.isfinite(loss):
-                raise TrainingError(f"loss became {loss} at optimizer step {self.meta['step'] + 1}; stopping. The "
-                                    f"last good checkpoint is kept in {self.out}")
-            losses.append(loss)
-            if t0 is None:
-                t0 = time.perf_counter()   # the first step includes graph compilation
-            else:
-                seen += B * T * world
-            if applied:
-                self._log_step(epoch, float(np.mean(losses[-k:])), finite,
-                               seen / (time.perf_counter() - t0) if seen else 0.0, bar)
-                step = self.meta["step"]
-                if cfg.ckpt_save_steps and step % cfg.ckpt_save_steps == 0 and step != end:
-                    self._save(epoch, step)
-        if bar is not None:
-            bar.close()
-        elapsed = time.perf_counter() - t0 if t0 else 0.0
-        return {"epoch": epoch + 1, "step": self.meta["step"], "loss": float(np.mean(losses)) if losses else None,
+        save_every = cfg.ckpt_save_steps
+        stops = range(save_every, end, save_every) if save_every else ()
+
+        def save(step):
+            if save_every and step % save_every == 0 and step != end:
+                self._save(epoch, step)
+        tensors = (batch_tensors(b) for b in batches)
+        if self.sink_loop is not None and self.sink_loop.device_sink:
+            tensors = as_dataset(tensors)
+        loss, rate = self._train_steps(epoch, tensors, end - self.meta["step"], self.epochs,
+                                       units=lambda batch: B * T * world, stops=stops, after=save)
+        return {"epoch": epoch + 1, "step": self.meta["step"], "loss": loss,
                 "lambda": current_lambda(self.net) if self.has_prepbn else None,
-                "tokens_per_second": seen / elapsed if seen and elapsed else None, "val_loss": None,
-                "val_ppl": None}
+                "tokens_per_second": rate, "val_loss": None, "val_ppl": None}
 
     def _save(self, epoch, step, best=False):
         """A training checkpoint at ``step`` (``epoch`` completed epochs), with its .config.json;

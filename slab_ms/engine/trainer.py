@@ -16,11 +16,12 @@ from ..layers.prepbn import TokenBatchNorm
 from ..layers.reparam import reparameterize
 from . import data as data_lib
 from . import report, state
-from .common import (amp_level_for, apply_amp, build_model, build_optimizer, learning_rates, logger,
-                     parameter_digest, progress_bar, setup_context, setup_logging)
+from .common import (amp_level_for, apply_amp, build_model, build_optimizer, jit_level_for, learning_rates, logger,
+                     parameter_digest, progress_bar, setup_context, setup_logging, sink_mode_for)
 from .config import run_splits
 from .recalibrate import recalibrate_bn
 from .schedule import apply_schedule, current_lambda, plan_schedule, prepbn_cells
+from .sink import SinkLoop, sink_plan
 from .train_step import AllReduceParams, Logits, NetWithLoss, Stepper, SumOverRanks, make_loss_scaler
 
 def evaluate(net, loader, world=1, forward=None, reducer=None):
@@ -91,10 +92,16 @@ class Run:
         dynamic = cfg.dynamic_loss_scale if cfg.dynamic_loss_scale is not None else self.amp != "O0"
         reducer = nn.DistributedGradReducer(self.optimizer.parameters, mean=True, degree=world) \
             if world > 1 else None
+        # dataset sink mode: the PRepBN counters move in the graph (upstream's in-forward rule);
+        # the per-step loop moves them from Python (less compile time, the same numbers)
+        self.sink_mode = sink_mode_for(cfg, self.target)
         self.stepper = Stepper(self._net_with_loss(), self.optimizer, accumulation=k,
                                loss_scale=make_loss_scaler(cfg.loss_scale, dynamic=dynamic), grad_reducer=reducer,
                                clip_value=cfg.clip_value if cfg.clip_grad else None,
-                               ema_decay=cfg.ema_decay if cfg.ema else None, network=net)
+                               ema_decay=cfg.ema_decay if cfg.ema else None, network=net,
+                               schedule="forward" if self.sink_mode else "step")
+        self.sink_loop = SinkLoop(self.stepper, cfg.sink_size or self.steps_per_epoch,
+                                  jit_level_for(cfg, self.target)) if self.sink_mode else None
         self.sync = self.rank_sum = None
         if world > 1:   # BN running statistics (and their EMA) are per-rank; average them before use
             bn_stats = [p for p in net.get_parameters() if p.name.endswith(("moving_mean", "moving_variance"))]
@@ -213,48 +220,96 @@ class Run:
     # --------------------------------------------------------------------- one epoch
     def train_epoch(self, epoch):
         """The optimizer steps of one epoch; returns the epoch's history record (no validation yet)."""
-        cfg, k, world = self.cfg, self.k, self.world
+        cfg = self.cfg
         loader = self.first_loader if epoch == 0 else self.train_loader(epoch)
+        decoder = self.decoders[cfg.train_split]
+        with data_lib.error_samples_mode(data_lib.ds.config.ErrorSamplesMode.REPLACE):
+            batches = loader if self.sink_loop is not None and self.sink_loop.device_sink else \
+                loader.create_tuple_iterator(num_epochs=1)
+            loss, rate = self._train_steps(epoch, batches, self.steps_per_epoch, cfg.epoch_size,
+                                           units=lambda batch: batch[0].shape[0] * self.world,
+                                           check=lambda: decoder.check_limit(cfg.max_bad_images, cfg.train_split))
+        return {"epoch": epoch + 1, "step": self.meta["step"], "loss": loss,
+                "lambda": current_lambda(self.net) if self.has_prepbn else None,
+                "images_per_second": rate, "top1": None, "top5": None}
+
+    def _train_steps(self, epoch, batches, steps, epochs, units, check=None, stops=(), after=None):
+        """``steps`` optimizer steps of epoch ``epoch`` (of ``epochs``) from ``batches`` (micro-batch
+        input tuples; the dataset itself when the sink runs on the device), by the per-step loop or
+        in sinks of ``sink_size`` steps that also end at every step of ``stops``. ``units(batch)``:
+        images or tokens of a micro-batch over all ranks; ``check()`` runs after every micro-step
+        (per sink in sink mode); ``after(step)`` after every optimizer step (per sink in sink mode).
+        Returns the mean micro-step loss and the units per second after the first call (compile)."""
         self.net.set_train(True)
-        bar = progress_bar(self.rank, self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epoch_size}")
-        seen, t0, losses = 0, None, []
-        for i, (x, y) in enumerate(data_lib.train_batches(loader)):
-            if i >= self.steps_per_epoch * k:
-                break
-            loss, applied, finite = self.stepper.step(x, y)
-            if not math.isfinite(loss):
-                raise TrainingError(f"loss became {loss} at epoch {epoch + 1}, optimizer step "
-                                    f"{self.meta['step'] + 1}; stopping. The last good checkpoint is kept in "
-                                    f"{self.out}")
-            losses.append(loss)
-            self.decoders[cfg.train_split].check_limit(cfg.max_bad_images, cfg.train_split)
-            if t0 is None:
-                t0 = time.perf_counter()   # the first step includes graph compilation
-            else:
-                seen += x.shape[0] * world
-            if applied:
-                self._log_step(epoch, float(np.mean(losses[-k:])), finite, seen / (time.perf_counter() - t0)
-                               if seen else 0.0, bar)
+        start = self.meta["step"]
+        bar = progress_bar(self.rank, steps, f"epoch {epoch + 1}/{epochs}")
+        clock = _Throughput()
+        losses = []
+        if self.sink_loop is None:
+            k = self.k
+            for i, batch in enumerate(batches):
+                if i >= steps * k:
+                    break
+                loss, applied, finite = self.stepper.step(*batch)
+                self._check_finite(loss, epoch)
+                losses.append(loss)
+                if check is not None:
+                    check()
+                clock.tick(units(batch))
+                if applied:
+                    self._log_steps(epoch, [float(np.mean(losses[-k:]))], [finite], clock.rate(), bar)
+                    if after is not None:
+                        after(self.meta["step"])
+        else:
+            units_per_step = None
+            for n in sink_plan(start, start + steps, self.sink_loop.sink_size, stops):
+                step_losses, finite = self.sink_loop.run(batches, n)
+                for loss in step_losses:
+                    self._check_finite(float(loss), epoch)
+                losses.extend(float(v) for v in step_losses)
+                if check is not None:
+                    check()
+                if units_per_step is None:
+                    units_per_step = self._units_per_step(units)
+                clock.tick(units_per_step * n)
+                self._log_steps(epoch, [float(v) for v in step_losses], [bool(f) for f in finite], clock.rate(), bar)
+                if after is not None:
+                    after(self.meta["step"])
         if bar is not None:
             bar.close()
-        elapsed = time.perf_counter() - t0 if t0 else 0.0
-        return {"epoch": epoch + 1, "step": self.meta["step"], "loss": float(np.mean(losses)) if losses else None,
-                "lambda": current_lambda(self.net) if self.has_prepbn else None,
-                "images_per_second": seen / elapsed if seen and elapsed else None, "top1": None, "top5": None}
+        return (float(np.mean(losses)) if losses else None), clock.rate() or None
 
-    def _log_step(self, epoch, loss, finite, ips, bar):
-        step = self.meta["step"] = self.meta["step"] + 1
+    def _units_per_step(self, units):
+        """Images (or tokens) of one optimizer step over all ranks (sink mode counts per sink)."""
+        return self.k * self.world * self.cfg.batch_size * (self.cfg.seq_length if self.rate_unit == "tokens/s" else 1)
+
+    def _check_finite(self, loss, epoch):
+        if not math.isfinite(loss):
+            raise TrainingError(f"loss became {loss} at epoch {epoch + 1}, optimizer step {self.meta['step'] + 1}"
+                                + (" or a later step of its sink" if self.sink_loop is not None else "")
+                                + f"; stopping. The last good checkpoint is kept in {self.out}")
+
+    def _log_steps(self, epoch, losses, finite, rate, bar):
+        """History records of the optimizer steps just made (one, or a sink's); lambda is read
+        after the last of them, the progress bar and the log advance once."""
         lam = current_lambda(self.net) if self.has_prepbn else None
-        rec = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": self.lrs[step - 1], "lambda": lam,
-               "finite": finite}
-        self.history["steps"].append(rec)
+        first = self.meta["step"] + 1
+        self.meta["step"] += len(losses)
+        step = self.meta["step"]
+        for s, (loss, ok) in enumerate(zip(losses, finite), first):
+            self.history["steps"].append({"step": s, "epoch": epoch + 1, "loss": loss, "lr": self.lrs[s - 1],
+                                          "lambda": lam if s == step else None, "finite": ok})
+        loss, lr = losses[-1], self.lrs[step - 1]
+        mean = float(np.mean(losses))
         if bar is not None:
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", lam="-" if lam is None else f"{lam:.3f}",
-                            ips=f"{ips:.1f}")
-            bar.update(1)
-        if step % self.cfg.log_interval == 0 or step == self.total_steps:
-            logger.info(f"epoch {epoch + 1} step {step}/{self.total_steps} loss {loss:.4f} lr {rec['lr']:.3e} "
-                        f"lambda {'-' if lam is None else f'{lam:.4f}'} {ips:.1f} {self.rate_unit}")
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", lam="-" if lam is None else f"{lam:.3f}",
+                            rate=f"{rate:.1f}")
+            bar.update(len(losses))
+        interval = self.cfg.log_interval
+        if (step // interval) > ((first - 1) // interval) or step == self.total_steps:
+            sunk = f" (mean of {len(losses)} steps {mean:.4f})" if len(losses) > 1 else ""
+            logger.info(f"epoch {epoch + 1} step {step}/{self.total_steps} loss {loss:.4f}{sunk} lr {lr:.3e} "
+                        f"lambda {'-' if lam is None else f'{lam:.4f}'} {rate:.1f} {self.rate_unit}")
 
     def evaluate(self):
         return evaluate(self.net, self.val_loader, self.world, self.eval_forward, self.rank_sum)
@@ -395,6 +450,23 @@ def _report_bad_images(cfg, decoders):
             logger.warning(f"{len(fresh)} unusable image files found in {split}/, {len(decoder)} so far (at most "
                            f"max_bad_images={cfg.max_bad_images}); the pipeline {action}: {listed}")
         decoder.check_limit(cfg.max_bad_images, split)
+
+
+class _Throughput:
+    """Units per second, not counting the first call (it includes graph compilation)."""
+
+    def __init__(self):
+        self.t0, self.units = None, 0
+
+    def tick(self, units):
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
+        else:
+            self.units += units
+
+    def rate(self):
+        elapsed = time.perf_counter() - self.t0 if self.t0 is not None else 0.0
+        return self.units / elapsed if self.units and elapsed else 0.0
 
 
 def _has_bn(net):
