@@ -2,6 +2,8 @@
 accumulation), one forward per micro-step, EMA without counters, BN recalibration."""
 import glob
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -163,6 +165,62 @@ def test_recalibration_sets_the_mean_of_batch_statistics():
     np.testing.assert_allclose(net.norm.bn.moving_variance.asnumpy(),
                                np.mean([f.var(0, ddof=1) for f in flat], 0), rtol=1e-5)
     assert int(net.norm.bn.num_batches_tracked.asnumpy()) == 4 and net.norm.bn.momentum == 0.1
+
+
+def test_upstream_recalibration_is_bns_moving_average_from_the_trained_statistics():
+    """bn_recalibrate_mode upstream: momentum 0.1 (PyTorch's convention) continued from the
+    trained running statistics, checked against the formula in numpy."""
+    class Net(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.norm = RepBN(6)
+
+        def construct(self, x):
+            return self.norm(x)
+
+    net = Net()
+    rng = np.random.default_rng(1)
+    mean0, var0 = rng.standard_normal(6).astype(np.float32), rng.random(6).astype(np.float32) + 0.5
+    net.norm.bn.moving_mean.set_data(ms.Tensor(mean0))
+    net.norm.bn.moving_variance.set_data(ms.Tensor(var0))
+    batches = [rng.standard_normal((3, 5, 6)).astype(np.float32) * (i + 1) + i for i in range(4)]
+    n = recalibrate_bn(net, (ms.Tensor(b) for b in batches), momentum=0.1)
+    mean, var = mean0.astype(np.float64), var0.astype(np.float64)
+    for b in batches:
+        f = b.reshape(-1, 6).astype(np.float64)
+        mean, var = 0.9 * mean + 0.1 * f.mean(0), 0.9 * var + 0.1 * f.var(0, ddof=1)
+    assert n == 4 and int(net.norm.bn.num_batches_tracked.asnumpy()) == 4 and net.norm.bn.momentum == 0.1
+    np.testing.assert_allclose(net.norm.bn.moving_mean.asnumpy(), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.norm.bn.moving_variance.asnumpy(), var, rtol=1e-5)
+    assert not np.allclose(mean, np.mean([b.reshape(-1, 6).mean(0) for b in batches], 0), rtol=1e-2)
+
+
+def test_recipe_note_says_where_the_schedule_ends_at_another_global_batch():
+    """Upstream issue #6: prepbn_steps tied to 8 x 128; at 512 images per step the same steps are
+    half the share of the run; at 2048 twice."""
+    from slab_ms.engine.schedule import recipe_note
+    cfg = load_config(os.path.join(ROOT, "configs", "slab_swin_t.yaml"))
+    assert cfg.recipe_global_batch == 1024 and cfg.prepbn_steps == 60000
+    assert recipe_note(cfg, 1251, 1024, 300 * 1251) is None
+    note = recipe_note(cfg, 626, 2048, 300 * 626)
+    assert "\n" not in note and "ends at optimizer step 60000 of 187800 (31.9%, epoch 95.8)" in note, note
+    assert "set prepbn_fraction 0.1597 instead of prepbn_steps" in note and "16.0% of the run" in note
+    assert "(8.0%" in recipe_note(cfg, 2502, 512, 300 * 2502)
+    cfg.prepbn_steps, cfg.prepbn_fraction = None, 0.16
+    assert recipe_note(cfg, 626, 2048, 300 * 626) is None
+
+
+def test_jit_level_reaches_mindspores_context():
+    from slab_ms.engine.common import jit_level_for
+    assert jit_level_for(tiny_cfg(), "Ascend") == "O2" and jit_level_for(tiny_cfg(), "CPU") is None
+    assert jit_level_for(tiny_cfg(mode=1), "Ascend") is None
+    code = ("import mindspore as ms; from slab_ms.engine.common import setup_context; "
+            "from slab_ms.engine.config import load_config; setup_context(load_config(None, {'jit_level': 'O1'})); "
+            "print(ms.get_context('jit_config'))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "'jit_level': 'O1'" in p.stdout, p.stderr[-2000:]
+    with pytest.raises(ConfigError, match="jit_level"):
+        tiny_cfg(jit_level="O3")
 
 
 def test_dynamic_loss_scale_skips_overflowing_steps():

@@ -2,6 +2,7 @@
 precision, learning rates, the optimizer, logging, the progress bar and the parameter digest."""
 import hashlib
 import logging
+import logging.handlers
 import math
 import os
 import random
@@ -149,18 +150,38 @@ def build_optimizer(cfg, net, lrs):
     return opt
 
 
-def setup_logging(out_dir, rank):
+def setup_logging(rank):
+    """Log to stdout with the rank in every line. Rank 0 also keeps the records, so that
+    :func:`log_to_file` puts them into train.log: a run opens its output folder only once every
+    start-up check has passed, and a refused run leaves nothing behind."""
     logger.setLevel(logging.INFO)
     logger.handlers.clear()
     logger.propagate = False
-    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(message)s", "%H:%M:%S")
     stream = logging.StreamHandler(sys.stdout)
-    stream.setFormatter(fmt)
+    stream.setFormatter(_log_format(rank))
     logger.addHandler(stream)
-    if rank == 0:
-        fh = logging.FileHandler(os.path.join(out_dir, "train.log"))
-        fh.setFormatter(fmt)
-        logger.addHandler(fh)
+    if rank == 0:   # no target yet: the records stay until log_to_file gives them one
+        logger.addHandler(logging.handlers.MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1))
+
+
+def log_to_file(out_dir, rank):
+    """On rank 0, ``out_dir/train.log`` (appended to): the records kept since :func:`setup_logging`,
+    then every later one."""
+    if rank != 0:
+        return
+    fh = logging.FileHandler(os.path.join(out_dir, "train.log"))
+    fh.setFormatter(_log_format(rank))
+    for h in list(logger.handlers):
+        if isinstance(h, logging.handlers.MemoryHandler):
+            h.setTarget(fh)
+            h.flush()
+            logger.removeHandler(h)
+            h.close()
+    logger.addHandler(fh)
+
+
+def _log_format(rank):
+    return logging.Formatter(f"%(asctime)s [rank {rank}] %(message)s", "%H:%M:%S")
 
 
 def parameter_digest(net):

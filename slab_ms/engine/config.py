@@ -157,7 +157,14 @@ SCHEMA = {
     "prepbn_steps": (None, "int", "PRepBN schedule length in optimizer steps (default: the model's total_step)"),
     "prepbn_fraction": (None, "float", "PRepBN schedule as a fraction of the run's optimizer steps"),
     "prepbn_warm": (0, "int", "optimizer steps of pure LayerNorm before the schedule"),
+    "recipe_global_batch": (None, "int", "the global batch the recipe's prepbn_steps were set for (upstream: batch per "
+                                         "GPU x 8); a run at another global batch is told where its schedule ends "
+                                         "and which prepbn_fraction keeps the recipe's share"),
     "bn_recalibrate_epochs": (0, "int", "epochs of BN statistics re-estimation after training"),
+    "bn_recalibrate_mode": ("mean", "str", "mean: the plain mean of the batch statistics over un-augmented training "
+                                           "data (small runs); upstream: upstream main.py's procedure, BN's moving "
+                                           "average at momentum 0.1 over augmented training data (the ImageNet "
+                                           "configs, with 10 epochs)", ("mean", "upstream")),
     "bn_recalibrate_batches": (None, "int", "text: at most this many batches per rank for the BN re-estimation "
                                             "(default: bn_recalibrate_epochs whole passes)"),
     "plot": (True, "bool", "write curves.png at the end"),

@@ -217,7 +217,7 @@ class LMRun(Run):
     # --------------------------------------------------------------------- the end
     recalibration_forward = TokenNLL   # (ids, mask) batches: padding stays out of the statistics
 
-    def _recalibration_batches(self, e):
+    def _recalibration_batches(self, e, augment=False):   # token blocks have no augmentation
         cfg = self.cfg
         batches = self.train_stream.train_batches(cfg.seq_length, cfg.batch_size, self.epochs + e, cfg.seed,
                                                   self.rank, self.world, cfg.shuffle)

@@ -55,6 +55,23 @@ def plan_schedule(cfg, net, total_opt_steps):
     return steps, warm
 
 
+def recipe_note(cfg, steps_per_epoch, global_batch, total_steps):
+    """One line when ``prepbn_steps`` was set for another global batch (``recipe_global_batch``)
+    than this run's: where the schedule now ends, and the ``prepbn_fraction`` that keeps the
+    recipe's share of the run (upstream issue #6: a larger batch turned 60000 steps into pure BN
+    by epoch 47 and the loss went NaN). None when the batches agree or nothing is set."""
+    recipe = cfg.recipe_global_batch
+    if cfg.prepbn_steps is None or not recipe or recipe == global_batch:
+        return None
+    steps = cfg.prepbn_steps + cfg.prepbn_warm
+    recipe_total = cfg.epoch_size * steps_per_epoch * global_batch / recipe
+    share, now = steps / recipe_total, steps / total_steps
+    return (f"PRepBN: prepbn_steps {cfg.prepbn_steps} was set for a global batch of {recipe}, where it is "
+            f"{100 * share:.1f}% of the run; at this run's global batch {global_batch} the schedule ends at optimizer "
+            f"step {steps} of {total_steps} ({100 * now:.1f}%, epoch {steps / steps_per_epoch:.1f}); to keep the "
+            f"recipe's share set prepbn_fraction {share:.4f} instead of prepbn_steps")
+
+
 def apply_schedule(net, steps, warm, accumulation=1):
     """Restart every PRepBN module's counters for ``steps`` optimizer steps after ``warm``
     (``accumulation`` forwards per optimizer step, translated by the module's ``counters_for``)."""

@@ -17,10 +17,10 @@ from ..layers.reparam import reparameterize
 from . import data as data_lib
 from . import report, state
 from .common import (amp_level_for, apply_amp, build_model, build_optimizer, jit_level_for, learning_rates, logger,
-                     parameter_digest, progress_bar, setup_context, setup_logging, sink_mode_for)
+                     log_to_file, parameter_digest, progress_bar, setup_context, setup_logging, sink_mode_for)
 from .config import run_splits
-from .recalibrate import recalibrate_bn
-from .schedule import apply_schedule, current_lambda, plan_schedule, prepbn_cells
+from .recalibrate import UPSTREAM_MOMENTUM, recalibrate_bn
+from .schedule import apply_schedule, current_lambda, plan_schedule, prepbn_cells, recipe_note
 from .sink import SinkLoop, sink_plan
 from .train_step import AllReduceParams, Logits, NetWithLoss, Stepper, SumOverRanks, make_loss_scaler
 
@@ -48,15 +48,17 @@ def evaluate(net, loader, world=1, forward=None, reducer=None):
 # ----------------------------------------------------------------------------- the run
 class Run:
     """One training run. Reading order: ``__init__`` builds (context, data, model, optimizer, train
-    step), :meth:`start` resumes or initialises, :meth:`train_epoch` and :meth:`end_epoch` make
-    one epoch, :meth:`finish` recalibrates and writes the summary. :meth:`fit` chains them."""
+    step) and refuses a run that cannot work, :meth:`start` resumes or initialises and then creates
+    the output folder, :meth:`train_epoch` and :meth:`end_epoch` make one epoch, :meth:`finish`
+    recalibrates, keeps the best model and writes the summary. :meth:`fit` chains them."""
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.rank, self.world, self.target = setup_context(cfg)
         self.out = cfg.ckpt_save_dir
-        os.makedirs(self.out, exist_ok=True)
-        setup_logging(self.out, self.rank)
+        # every check that can refuse the run (data, model, schedule, then in start() the resume and
+        # ckpt_path) comes before ckpt_save_dir and train.log exist: start() creates them
+        setup_logging(self.rank)
         self._check_data()
         self._build()
 
@@ -169,7 +171,13 @@ class Run:
                                            step if self.mid_epoch_resume else None) if resumed else \
             {"epochs": [], "steps": []}
         self.resumed_from = resumed
+        self._open_output()
         return resumed
+
+    def _open_output(self):
+        """The run is accepted: ``ckpt_save_dir`` and train.log (with the lines logged so far)."""
+        os.makedirs(self.out, exist_ok=True)
+        log_to_file(self.out, self.rank)
 
     mid_epoch_resume = False   # checkpoints are written at epoch ends only
     rate_unit = "img/s"
@@ -344,23 +352,28 @@ class Run:
 
     # --------------------------------------------------------------------- the end
     def recalibrate(self):
-        """Re-estimate the BN statistics over ``bn_recalibrate_epochs`` un-augmented passes; returns
-        the batches used (0 when not configured or the model has no BN)."""
+        """Re-estimate the BN statistics over ``bn_recalibrate_epochs`` passes over the training data:
+        ``bn_recalibrate_mode`` mean (un-augmented, the plain mean of the batch statistics) or upstream
+        (augmented as in training without mixup, BN's moving average at momentum 0.1); returns the
+        batches used (0 when not configured or the model has no BN)."""
         cfg = self.cfg
         if not cfg.bn_recalibrate_epochs or not _has_bn(self.net):
             return 0
+        upstream = cfg.bn_recalibrate_mode == "upstream"
         used = 0
         for e in range(cfg.bn_recalibrate_epochs):
-            used += recalibrate_bn(self.net, self._recalibration_batches(e), forward=self.recalibration_forward)
+            used += recalibrate_bn(self.net, self._recalibration_batches(e, augment=upstream),
+                                   forward=self.recalibration_forward, momentum=UPSTREAM_MOMENTUM if upstream else None)
         if self.sync is not None:
             self.sync()
         return used
 
     recalibration_forward = Logits   # what recalibrate_bn runs the batches through
 
-    def _recalibration_batches(self, e):
-        """The un-augmented training batches of recalibration pass ``e`` (a fresh data order)."""
-        loader = self.train_loader(self.cfg.epoch_size + e, mixup=False, augment=False)
+    def _recalibration_batches(self, e, augment=False):
+        """The training batches of recalibration pass ``e`` (a fresh data order), without mixup and
+        un-augmented unless ``augment``."""
+        loader = self.train_loader(self.cfg.epoch_size + e, mixup=False, augment=augment)
         return (x for x, _ in data_lib.train_batches(loader))
 
     def finish(self):
@@ -415,6 +428,9 @@ class Run:
                     f"lr peak {max(self.lrs):.3g}; PRepBN {plan}"
                     + (f"; resumed from {self.resumed_from} at epoch {start_epoch}, step {self.meta['step']}"
                        if self.resumed_from else ""))
+        note = recipe_note(cfg, self.steps_per_epoch, self.global_batch, self.total_steps) if self.schedule else None
+        if note:
+            logger.warning(note)
         for epoch in range(start_epoch, cfg.epoch_size):
             self.end_epoch(self.train_epoch(epoch))
         return self.finish()
