@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import mindspore as ms
 import numpy as np
 import pytest
 
@@ -121,3 +122,32 @@ def test_two_workers_in_sink_mode_keep_identical_replicas(digits, tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] >= 2
     log = json.loads(open(tmp_path / "dp" / "history.json").read())
     assert all(s["finite"] for s in log["steps"])
+
+
+def test_both_recalibration_modes_on_the_digits(digits, tmp_path):
+    """mean: one un-augmented pass, the plain mean; upstream: augmented passes at momentum 0.1
+    from the trained statistics. Both start from the same trained state."""
+    cfg = load_config(CONFIG, dict(TINY, data_dir=digits, ckpt_save_dir=str(tmp_path), epoch_size="1",
+                                   prepbn_fraction="0.5", bn_recalibrate_epochs="2"))
+    run = Run(cfg)
+    run.start()
+    run.train_epoch(0)
+    trained = {n: p.asnumpy().copy() for n, p in run.net.parameters_and_names()}
+    calls = []
+    original = run.train_loader
+
+    def recording(epoch, **kw):
+        calls.append(kw)
+        return original(epoch, **kw)
+    run.train_loader = recording
+    stats = {}
+    for mode in ("mean", "upstream"):
+        for n, p in run.net.parameters_and_names():
+            p.set_data(ms.Tensor(trained[n]))
+        run.cfg.bn_recalibrate_mode = mode
+        assert run.recalibrate() == 2 * run.steps_per_epoch
+        stats[mode] = {n: p.asnumpy() for n, p in run.net.parameters_and_names() if n.endswith("moving_mean")}
+    assert calls == [{"mixup": False, "augment": False}] * 2 + [{"mixup": False, "augment": True}] * 2
+    for n, mean in stats["upstream"].items():   # upstream keeps 0.9 ** 20 of the trained statistics
+        assert not np.allclose(mean, stats["mean"][n], rtol=1e-3), n
+        assert not np.allclose(mean, trained[n], rtol=1e-3), n
