@@ -3,6 +3,7 @@ digits), as subprocesses: exact resume after SIGKILL, validate reproduces the ru
 and a 2-worker msrun run on CPU keeps identical replicas."""
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from conftest import ROOT, kill_when_written, run_two_workers, undecodable_image
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import make_digits  # noqa: E402
 
-from slab_ms.checkpoint import read_ms_checkpoint  # noqa: E402
+from slab_ms.checkpoint import read_ms_checkpoint, save_ms_checkpoint  # noqa: E402
 
 TINY = ["--model_kwargs", "{embed_dim: 16, depths: [1, 1], num_heads: [1, 2], attn_type: LS, window_size: 8}",
         "--num_samples", "320", "--log_interval", "5"]
@@ -94,22 +95,117 @@ def test_resume_skips_a_damaged_newest_checkpoint(digits, tmp_path):
     assert summary["epochs"] == 3 and summary["steps"] == 30
 
 
-def test_paper_augmentations_and_ema(digits, tmp_path):
-    """The ImageNet configs' data path (RandAugment, colour jitter, random erasing, mixup/cutmix
-    with soft labels) and EMA, through train.py and validate.py --use_ema."""
+PAPER_RECIPE = {"auto_augment": "randaug-m9-mstd0.5-inc1", "color_jitter": "0.4", "re_prob": "0.25",
+                "re_value": "random", "mixup": "0.8", "cutmix": "1.0", "interpolation": "bicubic"}
+
+
+def _first_batch(digits, mix=False, **overrides):
+    """The first training batch of the quickstart config on ``digits`` (32 images, seed 42) as
+    numpy ``(images, labels)``, mixed (mixup/cutmix as configured) with ``mix``; ``overrides`` are
+    config keys."""
+    from slab_ms.engine import data as data_lib
+    from slab_ms.engine.config import load_config
+    cfg = load_config(os.path.join(ROOT, "configs", "quickstart_digits.yaml"),
+                      dict(data_dir=digits, num_samples=32, batch_size=32, num_parallel_workers=1, **overrides))
+    # seeded as the trainer seeds them: mindcv's mixup/cutmix and RandAugment draw from numpy's and
+    # Python's global generators (one worker: no other thread draws in between)
+    before = np.random.get_state(), random.getstate()
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    try:
+        x, y = next(iter(data_lib.train_batches(data_lib.train_loader(cfg, mixup=mix))))
+    finally:
+        np.random.set_state(before[0])
+        random.setstate(before[1])
+    return x.asnumpy(), y.asnumpy()
+
+
+def test_paper_recipe_batches_have_mixed_labels_randaugment_and_erasing(digits):
+    """The ImageNet configs' data path, each part against the plain transform with the same seed:
+    mixup/cutmix make every label ``lam * onehot(y) + (1 - lam) * onehot(flipped y)``, one lam in
+    (0, 1) per batch; RandAugment changes most images; random erasing replaces one rectangle of
+    2-33% of an image (re_scale) by random values in some images and leaves the other pixels as
+    they were. A crop of the whole image (scale and ratio 1) keeps the plain transform fixed."""
+    _, labels = _first_batch(digits)
+    _, soft = _first_batch(digits, mix=True, **PAPER_RECIPE)
+    onehot = np.eye(10, dtype=np.float64)[labels]
+    assert soft.shape == (32, 10) and np.allclose(soft.sum(1), 1, atol=1e-6)
+    pair = onehot - onehot[::-1]          # mixup and cutmix both mix each image with the flipped batch
+    assert (labels != labels[::-1]).sum() >= 16, labels   # most images meet another class
+    lam = float(((soft - onehot[::-1]) * pair).sum() / (pair * pair).sum())   # least squares
+    assert 0.01 < lam < 0.99, lam   # 0.123 with this seed
+    assert np.abs(soft - (lam * onehot + (1 - lam) * onehot[::-1])).max() < 1e-6
+
+    whole = {"scale": [1.0, 1.0], "ratio": [1.0, 1.0]}
+    plain, plain_labels = _first_batch(digits, **whole)
+    again, _ = _first_batch(digits, **whole)
+    np.testing.assert_array_equal(plain, again)   # the reference itself is fixed
+    randaug, randaug_labels = _first_batch(digits, auto_augment=PAPER_RECIPE["auto_augment"], **whole)
+    np.testing.assert_array_equal(randaug_labels, plain_labels)   # same images, same order
+    changed = [not np.array_equal(a, b) for a, b in zip(randaug, plain)]
+    assert np.mean(changed) >= 0.5, np.mean(changed)   # 23 of 32 (two ops at probability 0.5 each)
+    erased, _ = _first_batch(digits, re_prob=PAPER_RECIPE["re_prob"], re_value="random", **whole)
+    areas = []
+    for a, b in zip(erased, plain):
+        diff = (a != b).any(0)
+        if diff.any():
+            rows, cols = np.where(diff)
+            box = np.zeros_like(diff)
+            box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+            np.testing.assert_array_equal(diff, box)   # exactly one rectangle, every pixel in it replaced
+            areas.append(box.mean())
+    assert 2 <= len(areas) <= 16 and all(0.02 <= a <= 0.34 for a in areas), areas   # 5 of 32 at p = 0.25
+
+
+def test_ema_follows_the_decay_rule_and_validate_scores_the_ema_weights(digits, tmp_path):
+    """Training with the paper recipe (EMA decay 0.9) for 3 epochs of one step: the EMA in each
+    epoch's checkpoint is ``0.9 * previous EMA + 0.1 * weights`` for every float parameter (counters
+    not averaged). ``validate.py --use_ema`` then scores the EMA weights: in a checkpoint whose raw
+    classifier always answers the rarest validation class and whose EMA one the commonest, the
+    accuracies are those of the EMA classifier."""
     out = tmp_path / "aug"
-    recipe = ["--auto_augment", "randaug-m9-mstd0.5-inc1", "--color_jitter", "0.4", "--re_prob", "0.25",
-              "--re_value", "random", "--mixup", "0.8", "--cutmix", "1.0", "--interpolation", "bicubic",
-              "--ema", "true", "--ema_decay", "0.9", "--epoch_size", "1", "--num_samples", "96",
-              "--prepbn_fraction", "1.0"]
+    recipe = [a for k, v in PAPER_RECIPE.items() for a in ("--" + k, v)]
+    recipe += ["--ema", "true", "--ema_decay", "0.9", "--epoch_size", "3", "--num_samples", "32",
+               "--keep_checkpoint_max", "3", "--val_while_train", "false", "--bn_recalibrate_epochs", "0",
+               "--prepbn_fraction", "1.0"]
     summary = json.loads(run(train_cmd(digits, str(out), *recipe)).stdout.strip().splitlines()[-1])
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
-    params = read_ms_checkpoint(str(out / "final.ckpt"))
-    assert any(k.startswith("ema.") for k in params) and "ema.layers.0.blocks.0.norm1.iter" not in params
+    ckpts = [read_ms_checkpoint(str(out / f"slab_swin_tiny-{e:04d}.ckpt")) for e in (1, 2, 3)]
+    model = {k: v for k, v in ckpts[0].items() if not k.startswith(("ema.", "opt.", "meta.", "scaler."))}
+    floats = {k for k, v in model.items() if v.dtype.kind == "f"}
+    assert {k[4:] for k in ckpts[0] if k.startswith("ema.")} == floats
+    assert "layers.0.blocks.0.norm1.iter" in model and "layers.0.blocks.0.norm1.iter" not in floats
+    decay = np.float32(0.9)
+    for before, now in zip(ckpts, ckpts[1:]):
+        for k in floats:   # float32, as the train step computes it (bit for bit here)
+            expected = before["ema." + k] * decay + now[k] * (np.float32(1) - decay)
+            np.testing.assert_allclose(now["ema." + k], expected, rtol=1e-6, atol=1e-7, err_msg=k)
+    moved = max(np.abs(ckpts[2]["ema." + k] - ckpts[2][k]).max() for k in floats)
+    assert moved > 1e-3, moved   # the average really lags the weights
+
+    val = os.path.join(digits, "val")
+    counts = {int(c): len(os.listdir(os.path.join(val, c))) for c in os.listdir(val)
+              if os.path.isdir(os.path.join(val, c))}
+    by_count = sorted(counts, key=lambda c: (counts[c], c))   # rarest first
+    assert counts[by_count[0]] != counts[by_count[-1]]
+    state = dict(ckpts[2])
+    n_out = state["head.bias"].shape[0]
+    for prefix, order in (("", by_count), ("ema.", by_count[::-1])):   # raw: rarest first; EMA: commonest
+        state[prefix + "head.weight"] = np.zeros_like(state["head.weight"])
+        bias = np.zeros(n_out, np.float32)
+        bias[order] = np.arange(n_out, 0, -1, dtype=np.float32)   # order[0] highest
+        state[prefix + "head.bias"] = bias
+    save_ms_checkpoint(state, str(tmp_path / "ema_vs_raw.ckpt"))
     v = run([sys.executable, os.path.join(ROOT, "validate.py"), "--config",
              os.path.join(ROOT, "configs", "quickstart_digits.yaml"), "--data_dir", digits, *TINY[:2],
-             "--ckpt_path", str(out / "final.ckpt"), "--use_ema", "true"])
-    assert json.loads(v.stdout.strip().splitlines()[-1])["ema"] is True
+             "--ckpt_path", str(tmp_path / "ema_vs_raw.ckpt"), "--use_ema", "true"])
+    scores = json.loads(v.stdout.strip().splitlines()[-1])
+    n = sum(counts.values())
+    ema_top1, ema_top5 = counts[by_count[-1]] / n, sum(counts[c] for c in by_count[-5:]) / n
+    raw_top1, raw_top5 = counts[by_count[0]] / n, sum(counts[c] for c in by_count[:5]) / n
+    assert scores["ema"] is True and scores["images"] == n
+    assert (scores["top1"], scores["top5"]) == pytest.approx((ema_top1, ema_top5), abs=1e-6), \
+        (scores, (ema_top1, ema_top5), (raw_top1, raw_top5))
 
 
 def test_two_worker_data_parallel_run(digits, tmp_path):
