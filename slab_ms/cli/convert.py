@@ -21,11 +21,15 @@ import argparse
 import sys
 
 from .. import errors
-from . import report
+from . import check_model, prog, report
+
+# Tensors upstream's PyTorch models keep as buffers and the MindSpore models compute (each cell's
+# torch_buffers(), slab_ms/convert/mapping.py): the counts of the two directions differ by these.
+COMPUTED_BUFFERS = ("relative_position_index", "attn_mask")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="convert.py", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("convert.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="source", choices=["torch", "mindspore", "classification"], required=True,
                    help="classification: start a detection backbone from a classification checkpoint")
@@ -44,11 +48,12 @@ def main(argv=None):
     from ..convert import hf
     from ..convert.api import mindspore_to_torch, torch_to_mindspore
     from ..convert.route import DETECTION, LLAMA, route_mindspore, route_torch
-    from ..models.registry import is_model, list_models, parse_model_overrides
+    from ..models.registry import parse_model_overrides
+    route = None
     try:
         overrides = parse_model_overrides(args.set)
-        if args.model and not is_model(args.model):
-            raise errors.CheckpointError(f"unknown model {args.model!r}; available: {', '.join(list_models())}")
+        if args.model:
+            check_model(args.model)
         if args.source == "classification":
             return _convert_detection(args, overrides, None)
         route = route_torch(args.input, args.model, args.key) if args.source == "torch" else \
@@ -66,16 +71,71 @@ def main(argv=None):
                                                     route=route)
             torch_path, ms_path = args.output, args.input
         shown = " ".join(f"{k}={v}" for k, v in overrides.items())
-        print(f"converted {n} tensors of {name}{' (' + shown + ')' if shown else ''}: {args.input} -> {args.output}")
+        print(f"converted {n} tensors of {name}{' (' + shown + ')' if shown else ''}: {args.input} -> {args.output}"
+              + _buffer_note(args, route, n))
         if args.verify:
             from ..convert.verify import verify_conversion
             diff, rel = verify_conversion(name, overrides, torch_path, ms_path,
                                           key=args.key if args.source == "torch" else None)
             print(f"verify: max|diff| = {diff:.3e}, relative = {rel:.3e} (MindSpore GRAPH_MODE vs PyTorch, eval)")
+    except errors.CheckpointError as e:   # the hint first: the error itself can list hundreds of keys
+        hint = _drop_model_hint(args, route)
+        return report(errors.CheckpointError(f"{hint}; {e}" if hint else e))
     except errors.SlabError as e:
-        report(e)
-        return 1
+        return report(e)   # 2 for a bad flag (an unknown --model, a bad --set), 1 otherwise
     return 0
+
+
+def _source_shapes(args, route):
+    """The input's tensors as ``{torch name: shape}`` (what architecture inference reads), or None."""
+    import numpy as np
+    from ..checkpoint import model_params
+    from ..convert.mapping import ms_to_torch_name
+    from ..convert.torch_io import extract_state_dict
+    if route is None or route.loaded is None or route.layout is not None:
+        return None
+    try:
+        if args.source == "torch":
+            sd, _ = extract_state_dict(route.loaded, key=args.key, path=args.input)
+            return {k: tuple(v.shape) for k, v in sd.items()}
+        return {ms_to_torch_name(k): tuple(np.shape(v)) for k, v in model_params(route.loaded).items()}
+    except (errors.SlabError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def _drop_model_hint(args, route):
+    """A checkpoint refused as ``--model X``: when its keys read as another registered architecture,
+    say which, and that leaving ``--model`` out infers it."""
+    from ..convert.route import CLASSIFICATION
+    from ..models.registry import infer_model
+    if not args.model or route is None or route.kind != CLASSIFICATION:
+        return ""
+    shapes = _source_shapes(args, route)
+    found = infer_model(shapes) if shapes else None
+    if not found or found[0] == args.model:
+        return ""
+    return f"{args.input} reads as {found[0]}, not {args.model}: leave out --model to infer the architecture"
+
+
+def _buffer_note(args, route, n):
+    """Why this direction's count differs from the other's: upstream's PyTorch state dict also holds
+    buffers that the MindSpore model computes instead of storing (COMPUTED_BUFFERS)."""
+    shapes = _source_shapes(args, route)
+    if shapes is None:
+        return ""
+    if args.source == "torch":   # the .pth has n parameters plus the buffers, checked and not stored
+        counts = {b: sum(k.rsplit(".", 1)[-1] == b for k in shapes) for b in COMPUTED_BUFFERS}
+        extra = len(shapes) - n
+        if extra <= 0 or extra != sum(counts.values()):
+            return ""
+        listed = ", ".join(f"{c} {b}" for b, c in counts.items() if c)
+        return (f" (the .pth's other {extra} tensors are buffers the MindSpore model computes: {listed}; "
+                "checked against the model and not stored)")
+    extra = n - len(shapes)   # the .pth gets the n - len(source) buffers written back
+    if extra <= 0:
+        return ""
+    return (f" ({len(shapes)} parameters + {extra} buffers that upstream's model stores and the MindSpore model "
+            f"computes: {' / '.join(COMPUTED_BUFFERS)})")
 
 
 def _convert_detection(args, overrides, route):

@@ -15,11 +15,11 @@ import json
 import sys
 
 from .. import errors
-from . import report
+from . import check_model, classes_hint, prog, report
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="export.py", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("export.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model")
     p.add_argument("--config", help="take model, sizes and preprocessing from a training config")
@@ -41,10 +41,16 @@ def main(argv=None):
     try:
         if args.batch < 1:
             raise errors.ConfigError("--batch must be >= 1")
+        if args.model:
+            check_model(args.model)
         check_export_request(args.format, args.dynamic_batch, args.output, args.force)
-        net, meta = build_for_export(args.model, args.config, args.ckpt_path, parse_model_overrides(args.set),
-                                     batch=args.batch, dynamic_batch=args.dynamic_batch, fmt=args.format,
-                                     reparam=args.reparam)
+        try:
+            net, meta = build_for_export(args.model, args.config, args.ckpt_path, parse_model_overrides(args.set),
+                                         batch=args.batch, dynamic_batch=args.dynamic_batch, fmt=args.format,
+                                         reparam=args.reparam)
+        except errors.CheckpointError as e:   # another classifier size: say which --set fits
+            raise errors.CheckpointError(str(e) + classes_hint(str(e), args.ckpt_path, "--set num_classes={n}")) \
+                from None
         if args.mindir_compat and args.format != "MINDIR":
             raise errors.ConfigError("--mindir-compat applies to --format MINDIR")
         meta = export_model(net, meta, args.output, force=args.force, verify=args.verify,

@@ -103,12 +103,27 @@ def is_model(name: str) -> bool:
     return name in _MODELS
 
 
+def unknown_model_error(name: str) -> ConfigError:
+    """The error for a name that is not registered: the closest registered names, then every name by
+    task. ``list_models()`` is the classification models only; the detection backbones and the
+    language models are registered too (``list_models("all")``), so all three groups are named."""
+    import difflib
+    near = difflib.get_close_matches(str(name), sorted(_MODELS), n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else ""
+    groups = [("classification", "classification models", "list_models()"),
+              ("detection", "detection backbones", "list_models('detection')"),
+              ("language", "language models", "list_models('language')")]
+    listed = "; ".join(f"{len(list_models(task))} {what} ({call}): {', '.join(list_models(task))}"
+                       for task, what, call in groups if list_models(task))
+    return ConfigError(f"unknown model {name!r}{hint}; registered: {listed}")
+
+
 def create_model(name: str, **overrides: Any) -> nn.Cell:
     """Build a registered model; keyword overrides (``embed_dim``, ``depths``, ``num_heads``,
     ``img_size``, ``num_classes``, ``drop_path_rate``, ``attn_type``, ``window_size``, ...) replace
     the registered defaults."""
     if name not in _MODELS:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models('all'))}")
+        raise unknown_model_error(name)
     try:
         return _MODELS[name](**overrides)
     except TypeError as e:  # an override the family does not take
