@@ -335,9 +335,11 @@ class Run:
                 ep["best"] = True
         self.history["epochs"].append(ep)
         self.meta["epoch"] = epoch
-        if self.rank == 0 and (epoch % cfg.ckpt_save_interval == 0 or last):
+        scheduled = epoch % cfg.ckpt_save_interval == 0 or last
+        if self.rank == 0 and (scheduled or ep.get("best")):   # a best epoch between checkpoints too
             ckpt = self.training_state()
-            state.save_state(state.epoch_path(self.out, cfg.model, epoch), ckpt)
+            if scheduled:
+                state.save_state(state.epoch_path(self.out, cfg.model, epoch), ckpt)
             if ep.get("best"):
                 state.save_state(os.path.join(self.out, "best.ckpt"), ckpt)
             state.prune(self.out, cfg.model, cfg.keep_checkpoint_max)
@@ -382,11 +384,13 @@ class Run:
         if history["epochs"] and history["epochs"][-1]["top1"] is not None:
             top1, top5 = history["epochs"][-1]["top1"], history["epochs"][-1]["top5"]
         recal = self.recalibrate()
+        best_recalibrated = False
         if recal:
             top1, top5, _ = self.evaluate()
             logger.info(f"BN recalibrated over {recal} batches: val top-1 {100 * top1:.2f}% top-5 {100 * top5:.2f}%")
             if history["epochs"]:
                 history["epochs"][-1] = dict(history["epochs"][-1], recalibrated_top1=top1, recalibrated_top5=top5)
+            best_recalibrated = self._keep_if_best(top1)
         _report_bad_images(cfg, self.decoders)
         rates = [e["images_per_second"] for e in history["epochs"] if e.get("images_per_second")]
         digest = parameter_digest(self.net)
@@ -395,13 +399,29 @@ class Run:
             "model": cfg.model, "top1": top1, "top5": top5, "epochs": cfg.epoch_size, "steps": self.meta["step"],
             "world_size": self.world, "prepbn_lambda": current_lambda(self.net) if self.has_prepbn else None,
             "images_per_second": float(np.mean(rates)) if rates else None, "best_top1": self.meta["best_top1"],
-            "best_epoch": self.meta["best_epoch"], "bn_recalibrated_batches": recal,
-            "global_batch": self.global_batch, "device_target": self.target, "amp_level": self.amp,
+            "best_epoch": self.meta["best_epoch"], "best_recalibrated": best_recalibrated,
+            "bn_recalibrated_batches": recal, "global_batch": self.global_batch, "device_target": self.target,
+            "amp_level": self.amp,
             "final_loss": history["steps"][-1]["loss"] if history["steps"] else None,
             "checkpoint": os.path.join(self.out, "final.ckpt"), "config": cfg.config, "parameter_digest": digest,
             "bad_images": {split: len(d) for split, d in self.decoders.items()},
         }
         return self._write_final(summary, f"{cfg.model} ({self.world} x {cfg.batch_size})")
+
+    def _keep_if_best(self, top1):
+        """After BN recalibration: the recalibrated model becomes best.ckpt (and best_top1/best_epoch)
+        unless an epoch validated higher before it, so that best.ckpt is always the best model this
+        run made and validate.py on it gives best_top1. Returns whether it did."""
+        if self.meta["best_top1"] is not None and top1 < self.meta["best_top1"]:
+            logger.info(f"best.ckpt stays epoch {self.meta['best_epoch']} (val top-1 "
+                        f"{100 * self.meta['best_top1']:.2f}%, above the recalibrated model's)")
+            return False
+        self.meta["best_top1"], self.meta["best_epoch"] = top1, self.meta["epoch"]
+        if self.rank == 0:
+            state.save_state(os.path.join(self.out, "best.ckpt"), self.training_state())
+            logger.info(f"best.ckpt: the recalibrated model of epoch {self.meta['epoch']} (val top-1 "
+                        f"{100 * top1:.2f}%)")
+        return True
 
     def _write_final(self, summary, title):
         """On rank 0: final.ckpt, history.json, curves.png (titled ``title``) and summary.json;
