@@ -223,6 +223,47 @@ def test_jit_level_reaches_mindspores_context():
         tiny_cfg(jit_level="O3")
 
 
+def test_o2_cast_path_runs_on_cpu_with_norms_in_float32_and_loss_scaling():
+    """amp_level O2 (auto on Ascend), as far as the CPU runs it: the norms stay float32, the rest
+    computes in float16 over float32 weights, an overflowing scale skips the update and halves,
+    a sane one trains and gives the float32 network's loss within float16 precision."""
+    from slab_ms.engine.common import apply_amp
+    cfg = tiny_cfg()
+    ms.set_seed(3)
+    ref = build_model(cfg)
+    net = build_model(cfg)
+    for (_, p), (_, q) in zip(ref.parameters_and_names(), net.parameters_and_names()):
+        q.set_data(p.data.copy())
+    apply_amp(net, "O2")
+    flags = {}
+    for _, cell in net.cells_and_names():
+        f = cell.get_flags()
+        flags.setdefault(type(cell).__name__, set()).add("fp32" if f.get("fp32") else "fp16" if f.get("fp16") else "-")
+    for kind in ("PRepBN", "RepBN", "TokenBatchNorm", "LayerNorm"):
+        assert flags[kind] == {"fp32"}, (kind, flags[kind])
+    for kind in ("Dense", "Conv2d", "SimplifiedLinearAttention", "WindowAttention", "Mlp"):
+        assert flags[kind] == {"fp16"}, (kind, flags[kind])
+    assert {p.dtype for p in net.get_parameters()} == {ms.float32, ms.int64}
+    x, y = _batch(0)
+    net.set_train(False)
+    assert net(x).dtype == ms.float16
+    loss_fn = nn.CrossEntropyLoss()
+    ref.set_train(True)   # the training forward the steps below make (batch statistics, same lambda)
+    want = float(loss_fn(ref(x), y).asnumpy())
+    overflow = Stepper(NetWithLoss(net, loss_fn), build_optimizer(cfg, net, [1e-3] * 20),
+                       loss_scale=make_loss_scaler(2.0 ** 60, dynamic=True), network=net)
+    w0 = net.head.weight.asnumpy().copy()
+    for expected_scale in (2.0 ** 59, 2.0 ** 58):
+        loss, applied, finite = overflow.step(x, y)
+        assert not finite and float(overflow.loss_scale.scale_value.asnumpy()) == expected_scale
+    np.testing.assert_array_equal(net.head.weight.asnumpy(), w0)
+    sane = Stepper(NetWithLoss(net, loss_fn), build_optimizer(cfg, net, [1e-3] * 20),
+                   loss_scale=make_loss_scaler(2.0 ** 10, dynamic=True), network=net)
+    loss, applied, finite = sane.step(x, y)
+    assert finite and abs(loss - want) <= 5e-3 * abs(want), (loss, want)
+    assert not np.array_equal(net.head.weight.asnumpy(), w0)
+
+
 def test_dynamic_loss_scale_skips_overflowing_steps():
     cfg = tiny_cfg(prepbn_steps=4)
     net = build_model(cfg)
