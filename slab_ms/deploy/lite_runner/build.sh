@@ -16,7 +16,12 @@ for name in mindspore-lite mindspore-extendrt_python; do
   if [ -f "$LIB/lib$name.so" ]; then LINK="-l$name"; break; fi
 done
 if [ -z "${LINK:-}" ]; then echo "error: no libmindspore-lite.so or libmindspore-extendrt_python.so in $LIB" >&2; exit 1; fi
-g++ -std=c++17 -O2 -I"$ML" "$HERE/lite_runner.cc" -o "$OUT.tmp.$$" -L"$LIB" $LINK \
+# The runner passes std::string and std::function through Lite's API (the kernel callbacks of --profile): build
+# it with the library's C++ string ABI. PyPI's 2.0.0 libraries use the pre-C++11 one (no __cxx11 symbols).
+ABI=1
+if command -v nm >/dev/null 2>&1 && ! nm -D --defined-only "$LIB/lib${LINK#-l}.so" | grep "_ZN9mindspore" \
+    | grep -q "NSt7__cxx11"; then ABI=0; fi
+g++ -std=c++17 -O2 -D_GLIBCXX_USE_CXX11_ABI=$ABI -I"$ML" "$HERE/lite_runner.cc" -o "$OUT.tmp.$$" -L"$LIB" $LINK \
   -Wl,--disable-new-dtags -Wl,-rpath,"$LIB"
 mv "$OUT.tmp.$$" "$OUT"
 echo "$OUT"

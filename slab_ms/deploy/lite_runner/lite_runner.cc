@@ -1,15 +1,31 @@
-// Minimal MindSpore Lite C++ runner:
+// Minimal MindSpore Lite C++ runner. Two modes:
 //   lite_runner MODEL.mindir IN.npy OUT.npy [--device cpu|gpu|ascend] [--threads N] [--verbose] [--repeat N]
-// IN.npy: float32, C order, little endian; its shape (batch included) is set with Model::Resize.
-// OUT.npy: first model output, float32. Prints one JSON line {"input_shape":..,"output_shape":..}.
-// Any failure: one line "error: ..." on stderr, exit code 1.
+//                                           [--profile]
+//   lite_runner MODEL.mindir --serve [--device ...] [--threads N] [--verbose]
+// One batch: IN.npy is float32, C order, little endian; its shape (batch included) is set with
+// Model::Resize. OUT.npy: the first model output, float32. Prints one JSON line {"input_shape":..,
+// "output_shape":..} (with --repeat N, "predict_ms" and "predict_ms_median": the mean and the median of N
+// timed Predict calls after the first; with --profile, "profile": per op type, ms per Predict and kernels
+// per Predict, from Lite's kernel callbacks, over max(N, 1) more calls).
+// --serve: the model is built once, then batches are read from stdin and answered on stdout until stdin
+// ends (exit 0). All integers little endian:
+//   request:  "SLAB" u32 ndim, ndim x i64 dims, prod(dims) x f32 (C order)
+//   answer:   "SLAB" u32 ndim, ndim x i64 dims, f64 predict_ms, prod(dims) x f32 (the first output)
+// A batch with another shape than the last one is Resize'd to (only the batch may differ from the model's).
+// Any failure, in either mode: one line "error: ..." on stderr, exit code 1 (in --serve nothing more is
+// written to stdout).
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <unistd.h>
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -101,24 +117,173 @@ void WriteNpy(const std::string &path, const float *data, const std::vector<int6
   f.write(reinterpret_cast<const char *>(data), n * sizeof(float));
   if (!f) Fail("write failed: " + path);
 }
+
+// Reads n bytes from fd. Returns false on end of input before the first byte (when at_start may be
+// accepted by the caller); a stream that ends part-way is an error.
+bool ReadAll(int fd, void *buf, size_t n, const char *what) {
+  auto *p = static_cast<char *>(buf);
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, p + got, n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) Fail(std::string("reading ") + what + " from stdin: " + std::strerror(errno));
+    if (r == 0) {
+      if (got == 0) return false;
+      Fail(std::string("stdin ended inside ") + what + " (" + std::to_string(got) + " of " + std::to_string(n) +
+           " bytes)");
+    }
+    got += static_cast<size_t>(r);
+  }
+  return true;
+}
+
+void WriteAll(int fd, const void *buf, size_t n) {
+  auto *p = static_cast<const char *>(buf);
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) Fail(std::string("writing the answer to stdout: ") + std::strerror(errno));
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+
+// The model's input shape against a batch's: the same rank, and only the batch (dim 0) may differ
+// where the model's dims are known.
+void CheckShape(const std::vector<int64_t> &model_shape, const std::vector<int64_t> &shape) {
+  bool ok = model_shape.size() == shape.size() && !shape.empty();
+  for (size_t i = 1; ok && i < model_shape.size(); ++i) ok = model_shape[i] < 0 || model_shape[i] == shape[i];
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] > 0;
+  if (!ok) Fail("input shape " + ShapeStr(shape) + " does not match the model's input " + ShapeStr(model_shape) +
+                " (only the batch may differ)");
+}
+
+// Sets the model's input to `shape` (Resize when it differs) and returns the input tensors.
+std::vector<mindspore::MSTensor> InputsFor(mindspore::Model *model, const std::vector<int64_t> &shape,
+                                           const std::vector<int64_t> &declared) {
+  auto inputs = model->GetInputs();
+  CheckShape(declared, shape);
+  if (inputs[0].Shape() != shape) {
+    Stage("resize");
+    auto st = model->Resize(inputs, {shape});
+    if (st != mindspore::kSuccess) Fail("Resize to " + ShapeStr(shape) + " failed: " + st.ToString());
+    inputs = model->GetInputs();
+  }
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  if (static_cast<size_t>(inputs[0].DataSize()) != static_cast<size_t>(n) * sizeof(float))
+    Fail("input size mismatch: model " + std::to_string(inputs[0].DataSize()) + " bytes, batch " +
+         std::to_string(n * sizeof(float)) + " bytes");
+  return inputs;
+}
+
+const float *FirstOutput(const std::vector<mindspore::MSTensor> &outputs) {
+  if (outputs.empty()) Fail("model produced no output");
+  auto &out = outputs[0];
+  if (out.DataType() != mindspore::DataType::kNumberTypeFloat32) Fail("output is not float32");
+  auto data = reinterpret_cast<const float *>(out.Data().get());
+  if (data == nullptr) Fail("output has no data");
+  return data;
+}
+
+// Time per op type over `runs` Predict calls, through Lite's kernel callbacks (before/after each kernel).
+std::string Profile(mindspore::Model *model, const std::vector<mindspore::MSTensor> &inputs, int runs) {
+  struct Stat { double ms = 0; int64_t kernels = 0; };
+  std::map<std::string, Stat> by_type;
+  std::map<std::string, std::chrono::steady_clock::time_point> started;
+  mindspore::MSKernelCallBack before = [&](const std::vector<mindspore::MSTensor> &,
+                                           const std::vector<mindspore::MSTensor> &,
+                                           const mindspore::MSCallBackParam &op) {
+    started[op.node_name] = std::chrono::steady_clock::now();
+    return true;
+  };
+  mindspore::MSKernelCallBack after = [&](const std::vector<mindspore::MSTensor> &,
+                                          const std::vector<mindspore::MSTensor> &,
+                                          const mindspore::MSCallBackParam &op) {
+    auto it = started.find(op.node_name);
+    if (it != started.end()) {
+      auto &s = by_type[op.node_type];
+      s.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - it->second).count();
+      s.kernels += 1;
+    }
+    return true;
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < runs; ++r) {
+    std::vector<mindspore::MSTensor> o;
+    if (model->Predict(inputs, &o, before, after) != mindspore::kSuccess) Fail("Predict failed in --profile");
+  }
+  double total = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / runs;
+  std::ostringstream j;
+  j << "{\"predict_ms\": " << total << ", \"ops\": {";
+  bool first = true;
+  for (auto &kv : by_type) {
+    j << (first ? "" : ", ") << "\"" << kv.first << "\": {\"ms\": " << kv.second.ms / runs
+      << ", \"kernels\": " << kv.second.kernels / runs << "}";
+    first = false;
+  }
+  j << "}}";
+  return j.str();
+}
+
+// --serve: answer batches from stdin until it ends.
+void Serve(mindspore::Model *model, const std::vector<int64_t> &declared) {
+  std::vector<mindspore::MSTensor> inputs = model->GetInputs();
+  for (;;) {
+    char magic[4];
+    if (!ReadAll(0, magic, 4, "a request header")) return;   // stdin ended between requests: done
+    if (std::memcmp(magic, "SLAB", 4) != 0) Fail("bad request on stdin (no SLAB header)");
+    uint32_t ndim = 0;
+    ReadAll(0, &ndim, 4, "a request header");
+    if (ndim == 0 || ndim > 8) Fail("bad request on stdin: " + std::to_string(ndim) + " dimensions");
+    std::vector<int64_t> shape(ndim);
+    ReadAll(0, shape.data(), ndim * sizeof(int64_t), "a request header");
+    for (auto d : shape)
+      if (d <= 0 || d > (int64_t(1) << 31)) Fail("bad request on stdin: shape " + ShapeStr(shape));
+    inputs = InputsFor(model, shape, declared);
+    ReadAll(0, inputs[0].MutableData(), static_cast<size_t>(inputs[0].DataSize()), "a batch");
+    std::vector<mindspore::MSTensor> outputs;
+    auto t0 = std::chrono::steady_clock::now();
+    auto st = model->Predict(inputs, &outputs);
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (st != mindspore::kSuccess) Fail("Predict failed on a batch of shape " + ShapeStr(shape) + ": " + st.ToString());
+    const float *data = FirstOutput(outputs);
+    auto oshape = outputs[0].Shape();
+    std::string head("SLAB", 4);
+    uint32_t ondim = static_cast<uint32_t>(oshape.size());
+    head.append(reinterpret_cast<const char *>(&ondim), 4);
+    int64_t n = 1;
+    for (auto d : oshape) { head.append(reinterpret_cast<const char *>(&d), 8); n *= d; }
+    head.append(reinterpret_cast<const char *>(&ms), 8);
+    WriteAll(1, head.data(), head.size());
+    WriteAll(1, data, static_cast<size_t>(n) * sizeof(float));
+  }
+}
 }  // namespace
 
 int main(int argc, char **argv) {
-  if (argc < 4) {
+  bool serve = argc >= 3 && std::string(argv[2]) == "--serve";
+  if (argc < (serve ? 3 : 4)) {
     std::cerr << "usage: lite_runner MODEL.mindir IN.npy OUT.npy [--device cpu|gpu|ascend] [--threads N] "
-                 "[--verbose] [--repeat N]" << std::endl;
+                 "[--verbose] [--repeat N] [--profile]\n"
+                 "       lite_runner MODEL.mindir --serve [--device cpu|gpu|ascend] [--threads N] [--verbose]"
+              << std::endl;
     return 2;
   }
-  std::string model_path = argv[1], in_path = argv[2], out_path = argv[3];
+  std::string model_path = argv[1];
+  std::string in_path = serve ? "" : argv[2], out_path = serve ? "" : argv[3];
   int threads = 2;
-  bool verbose = false;
+  bool verbose = false, profile = false;
   int repeat = 0;  // extra timed Predict calls (after the first one)
   std::string device = "cpu";
-  for (int i = 4; i < argc; ++i) {
-    if (std::string(argv[i]) == "--device" && i + 1 < argc) device = argv[++i];
-    else if (std::string(argv[i]) == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
-    else if (std::string(argv[i]) == "--verbose") verbose = true;
-    else if (std::string(argv[i]) == "--repeat" && i + 1 < argc) repeat = std::atoi(argv[++i]);
+  for (int i = serve ? 3 : 4; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--device" && i + 1 < argc) device = argv[++i];
+    else if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
+    else if (a == "--verbose") verbose = true;
+    else if (a == "--repeat" && i + 1 < argc) repeat = std::atoi(argv[++i]);
+    else if (a == "--profile") profile = true;
+    else Fail("unknown argument " + a);
   }
   // Lite logs warnings and errors to stderr; keep only our one-line error unless --verbose or GLOG_v is set.
   // Lite reads GLOG_v when its libraries load, before main: set it and run this program again.
@@ -131,7 +296,8 @@ int main(int argc, char **argv) {
     if (!t) Fail("cannot open model " + model_path);
   }
   std::vector<int64_t> shape;
-  auto data = ReadNpy(in_path, &shape);
+  std::vector<float> data;
+  if (!serve) data = ReadNpy(in_path, &shape);
 
   auto context = std::make_shared<mindspore::Context>();
   context->SetThreadNum(threads);
@@ -153,44 +319,38 @@ int main(int argc, char **argv) {
          "exports with export.py --mindir-compat 2.0; --verbose shows Lite's log)");
   auto inputs = model.GetInputs();
   if (inputs.size() != 1) Fail("model has " + std::to_string(inputs.size()) + " inputs, expected 1");
-  {
-    auto ms = inputs[0].Shape();
-    bool ok = ms.size() == shape.size();
-    for (size_t i = 1; ok && i < ms.size(); ++i) ok = ms[i] < 0 || ms[i] == shape[i];
-    if (!ok) Fail("input shape " + ShapeStr(shape) + " does not match the model's input " + ShapeStr(ms) +
-                  " (only the batch may differ)");
-  }
-  if (inputs[0].Shape() != shape) {
-    Stage("resize");
-    st = model.Resize(inputs, {shape});
-    if (st != mindspore::kSuccess) Fail("Resize to " + ShapeStr(shape) + " failed: " + st.ToString());
-    inputs = model.GetInputs();
-  }
   if (inputs[0].DataType() != mindspore::DataType::kNumberTypeFloat32) Fail("model input is not float32");
-  if (static_cast<size_t>(inputs[0].DataSize()) != data.size() * sizeof(float))
-    Fail("input size mismatch: model " + std::to_string(inputs[0].DataSize()) + " bytes, file " +
-         std::to_string(data.size() * sizeof(float)) + " bytes");
+  const std::vector<int64_t> declared = inputs[0].Shape();
+  if (serve) {
+    Serve(&model, declared);
+    return 0;
+  }
+  inputs = InputsFor(&model, shape, declared);
   std::memcpy(inputs[0].MutableData(), data.data(), data.size() * sizeof(float));
   std::vector<mindspore::MSTensor> outputs;
   Stage("predict");
   st = model.Predict(inputs, &outputs);
   if (st != mindspore::kSuccess) Fail("Predict failed: " + st.ToString());
-  if (outputs.empty()) Fail("model produced no output");
-  double avg_ms = -1;
+  const float *out_data = FirstOutput(outputs);
+  double avg_ms = -1, median_ms = -1;
   if (repeat > 0) {
-    auto t0 = std::chrono::steady_clock::now();
+    std::vector<double> ms;
     for (int r = 0; r < repeat; ++r) {
       std::vector<mindspore::MSTensor> o;
+      auto t0 = std::chrono::steady_clock::now();
       if (model.Predict(inputs, &o) != mindspore::kSuccess) Fail("Predict failed in --repeat");
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
-    avg_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / repeat;
+    avg_ms = 0;
+    for (double m : ms) avg_ms += m / repeat;
+    std::sort(ms.begin(), ms.end());
+    median_ms = repeat % 2 ? ms[repeat / 2] : (ms[repeat / 2 - 1] + ms[repeat / 2]) / 2;
   }
-  auto &out = outputs[0];
-  if (out.DataType() != mindspore::DataType::kNumberTypeFloat32) Fail("output is not float32");
-  auto out_data = reinterpret_cast<const float *>(out.Data().get());
-  if (out_data == nullptr) Fail("output has no data");
-  WriteNpy(out_path, out_data, out.Shape());
-  std::cout << "{\"input_shape\": " << ShapeStr(shape) << ", \"output_shape\": " << ShapeStr(out.Shape())
-            << (avg_ms >= 0 ? ", \"predict_ms\": " + std::to_string(avg_ms) : std::string()) << "}" << std::endl;
+  std::string prof = profile ? Profile(&model, inputs, repeat > 0 ? repeat : 1) : std::string();
+  WriteNpy(out_path, out_data, outputs[0].Shape());
+  std::cout << "{\"input_shape\": " << ShapeStr(shape) << ", \"output_shape\": " << ShapeStr(outputs[0].Shape())
+            << (avg_ms >= 0 ? ", \"predict_ms\": " + std::to_string(avg_ms) + ", \"predict_ms_median\": " +
+                                  std::to_string(median_ms) : std::string())
+            << (profile ? ", \"profile\": " + prof : std::string()) << "}" << std::endl;
   return 0;
 }
