@@ -100,44 +100,141 @@ def test_export_refuses_bad_requests(mini_ckpt, tmp_path):
         assert not any(f.suffix in (".mindir", ".onnx") for f in tmp_path.iterdir())
 
 
-def test_infer_matches_the_validation_pipeline(tmp_path):
-    digits, config, cfg, net, ckpt = tiny_digits_model(tmp_path)
+def infer(*args, timeout=600):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_line_error(p, *needles):
+    """The run failed with exactly one stderr line, ``error: ...``, holding every needle (a file name)."""
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), (p.returncode, p.stderr[-1500:])
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """The tiny digits model exported (fused, dynamic batch) for GraphCell: ``(digits, net, ckpt, model_file,
+    config, cfg)``."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    digits, config, cfg, net, ckpt = tiny_digits_model(tmp)
+    model_file = str(tmp / "tiny.mindir")
+    export("--config", config, "--ckpt_path", ckpt, "--reparam", "--dynamic-batch", "--output", model_file)
+    return digits, net, ckpt, model_file, config, cfg
+
+
+def test_infer_matches_the_validation_pipeline(tiny_export, tmp_path):
+    digits, net, ckpt, model_file, config, cfg = tiny_export
     logits = []   # validate.py's path: eval_loader over val/, in file order
     for x, _ in data_lib.eval_loader(cfg).create_tuple_iterator(num_epochs=1):
         logits.append(net(x).asnumpy().astype(np.float64))
     logits = np.concatenate(logits)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
-    model_file = str(tmp_path / "tiny.mindir")
-    export("--config", config, "--ckpt_path", ckpt, "--reparam", "--dynamic-batch", "--output", model_file)
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), "--model_file", model_file, "--images",
-                        os.path.join(digits, "val")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = str(tmp_path / "predictions.json")
+    p = infer("--model_file", model_file, "--images", os.path.join(digits, "val"), "--output", out)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.startswith("runtime: mindspore nn.GraphCell (cpu); ") or \
         p.stdout.startswith("runtime: mindspore_lite")
     result = json.loads(p.stdout.strip().splitlines()[-1])
-    assert result["images"] == 364 and len(set(np.round(result["top1_prob"], 4))) > 10
+    assert result["images"] == 364 and result["bad_images"] == 0 and len(set(np.round(result["top1_prob"], 4))) > 10
     assert result["top1"] == [str(i) for i in probs.argmax(1)]   # class names from the data's folders
     np.testing.assert_allclose(result["top1_prob"], probs.max(1), atol=1e-5)
+    # per-file predictions: every file by name, its top 5 in order, also in --output
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(digits, "val")) for f in fs)
+    assert [r["image"] for r in result["predictions"]] == files
+    for r, pr in zip(result["predictions"], probs):
+        assert [lab for lab, _ in r["top"]] == [str(j) for j in np.argsort(-pr)[:5]]
+        np.testing.assert_allclose([q for _, q in r["top"]], np.sort(pr)[::-1][:5], atol=1e-5)
+    with open(out) as f:
+        assert json.load(f) == result
 
-    # An image that MindSpore's own Decode would crash on (segfault) is a one-line error
+
+def test_infer_skips_and_counts_undecodable_images(tiny_export, tmp_path):
+    """As validate.py: a folder's undecodable images are skipped, named and counted; --strict stops at the
+    first, and one undecodable image alone is a one-line error naming it."""
+    digits, net, ckpt, model_file, config, cfg = tiny_export
     val0 = os.path.join(digits, "val", "0")
-    jpeg, _ = undecodable_images(os.path.join(val0, sorted(os.listdir(val0))[0]))
-    (tmp_path / "damaged.jpg").write_bytes(jpeg)
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), "--model_file", model_file, "--images",
-                        str(tmp_path / "damaged.jpg")], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    last = (p.stderr.strip().splitlines() or [""])[-1]
-    assert p.returncode == 1 and last.startswith("error: ") and "cannot decode image" in last, \
-        (p.returncode, p.stderr[-1500:])
+    good = sorted(os.listdir(val0))[:3]
+    folder = tmp_path / "imgs" / "0"
+    folder.mkdir(parents=True)
+    for name in good:
+        (folder / name).write_bytes(open(os.path.join(val0, name), "rb").read())
+    jpeg, png = undecodable_images(os.path.join(val0, good[0]))   # MindSpore's own Decode segfaults on the JPEG
+    (folder / "b_damaged.jpg").write_bytes(jpeg)
+    (folder / "c_damaged.png").write_bytes(png)
+    (folder / "d_empty.png").write_bytes(b"")
+    bad = [str(folder / n) for n in ("b_damaged.jpg", "c_damaged.png", "d_empty.png")]
+    p = infer("--model_file", model_file, "--images", str(tmp_path / "imgs"), "--quiet")
+    assert p.returncode == 0, p.stderr[-2000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["images"] == 3 and result["bad_images"] == 3
+    assert [r["image"] for r in result["skipped"]] == bad
+    assert all(r["error"].startswith("cannot decode image (") for r in result["skipped"])
+    assert sorted(r["image"] for r in result["predictions"]) == sorted(str(folder / n) for n in good)
+    warnings = [ln for ln in p.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warnings) == 3 and all(b in w for b, w in zip(bad, warnings)), p.stderr[-2000:]
+    # the good images get the predictions they get alone
+    alone = infer("--model_file", model_file, "--images", os.path.join(val0, good[1]), "--quiet")
+    want = json.loads(alone.stdout.strip().splitlines()[-1])["predictions"][0]["top"]
+    got = next(r for r in result["predictions"] if r["image"].endswith(good[1]))["top"]
+    assert [lab for lab, _ in got] == [lab for lab, _ in want]
+    np.testing.assert_allclose([q for _, q in got], [q for _, q in want], atol=1e-6)
+
+    p = infer("--model_file", model_file, "--images", str(tmp_path / "imgs"), "--strict")
+    assert "cannot decode image" in one_line_error(p, bad[0])
+    p = infer("--model_file", model_file, "--images", bad[0])
+    assert "cannot decode image" in one_line_error(p, bad[0])
+
+
+def test_infer_errors_name_the_file(tiny_export, tmp_path, capfd):
+    """Every refusal is one stderr line naming its file: a damaged or empty MindIR (not MindSpore's C++
+    log), a checkpoint in place of an export, a file without its export record, a Lite 2.0 form for
+    GraphCell, a missing image folder. (infer.py's main in this process; capfd sees C++ logs too.)"""
+    from slab_ms.cli.infer import main
+    digits, net, ckpt, model_file, config, cfg = tiny_export
+    val = os.path.join(digits, "val")
+    data = open(model_file, "rb").read()
+    meta = json.load(open(model_file + ".json"))
+
+    def model_copy(name, blob, sidecar=meta):
+        path = tmp_path / name
+        path.write_bytes(blob)
+        if sidecar is not None:
+            (tmp_path / (name + ".json")).write_text(json.dumps(sidecar))
+        return str(path)
+
+    def error(model, *extra, images=val):
+        capfd.readouterr()
+        code = main(["--model_file", model, "--images", images, *extra])
+        lines = capfd.readouterr().err.strip().splitlines()
+        about = model if images == val else images   # the file the error is about
+        assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and about in lines[0], lines
+        return lines[0]
+
+    truncated = model_copy("truncated.mindir", data[: len(data) // 2])
+    assert "not a MindIR model (damaged" in error(truncated)
+    junk = model_copy("junk.mindir", np.random.default_rng(0).bytes(4096))
+    for runtime in ("mindspore", "lite-cpp", "auto"):
+        assert "not a MindIR model (damaged" in error(junk, "--runtime", runtime)
+    assert "empty file" in error(model_copy("empty.mindir", b""))
+    assert "is a checkpoint, not an exported model: export it first (python export.py" in error(ckpt)
+    renamed = model_copy("weights.mindir", open(ckpt, "rb").read(), sidecar=None)   # a checkpoint by content
+    assert "is a checkpoint" in error(renamed)
+    assert "no preprocessing known" in error(model_copy("bare.mindir", data, sidecar=None))
+    lite = model_copy("lite.mindir", data, sidecar=dict(meta, mindir_compat="2.0"))
+    assert "written for Lite 2.0" in error(lite, "--runtime", "mindspore")
+    assert "no such file or folder" in error(model_file, images=str(tmp_path / "nowhere"))
 
 
 def test_infer_refuses_bad_input(tmp_path):
     bogus = tmp_path / "x.mindir"
     bogus.write_bytes(b"not a model")
     cases = [(["--model_file", str(tmp_path / "none.mindir"), "--images", str(tmp_path)], "no such file"),
-             (["--model_file", str(bogus), "--images", str(tmp_path)], "no preprocessing known"),
-             (["--model_file", str(bogus), "--images", str(tmp_path / "nowhere"),
-               "--config", os.path.join(ROOT, "configs", "quickstart_digits.yaml")], "no such file or folder")]
+             (["--model_file", str(bogus), "--images", str(tmp_path)], "not a MindIR model"),
+             (["--model_file", str(bogus), "--images", str(tmp_path), "--batch_size", "0"], "at least 1")]
     for extra, pattern in cases:
         p = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), *extra], cwd=ROOT, capture_output=True,
                            text=True, timeout=300)

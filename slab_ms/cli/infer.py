@@ -7,7 +7,10 @@ written with ``export.py --mindir-compat 2.0``), or MindSpore's own MindIR runti
 (``mindspore``, nn.GraphCell); ``auto`` takes the first that can run the file and says which.
 Preprocessing is validate.py's evaluation transform with the values recorded by export.py next
 to the model (``X.mindir.json``), or from ``--config``.
-Prints the top-5 classes with probabilities per image, then one JSON line.
+Prints the top-5 classes with probabilities per image, then one JSON line (per-file predictions
+in ``predictions``; ``--output`` writes it to a file too). An image that cannot be decoded is
+skipped, named on stderr and counted (``bad_images``, ``skipped``), as validate.py does;
+``--strict`` stops at it instead. Every error is one line naming the file it is about.
 """
 import argparse
 import json
@@ -34,29 +37,54 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--quiet", action="store_true", help="only the JSON line, no line per image")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first image that cannot be decoded (default: skip and count it)")
+    p.add_argument("--output", help="also write the JSON record (per-file predictions included) to this file")
     args = p.parse_args(argv)
-    from ..deploy import classify, list_images, load_meta, make_runner
+    from ..deploy import check_model_file, classify, list_images, load_meta, make_runner
+    from ..io import write_json
+    runner = None
     try:
-        if not os.path.isfile(args.model_file):
-            raise errors.ConfigError(f"--model_file {args.model_file}: no such file")
+        if args.batch_size < 1 or args.top < 1:
+            raise errors.ConfigError("--batch_size and --top must be at least 1")
+        check_model_file(args.model_file)
         meta = load_meta(args.model_file, args.config)
         paths = list_images(args.images)
-        runner, why = make_runner(args.model_file, args.device, args.runtime)
-        print(f"runtime: {runner.name} ({args.device})" + (f"; {why}" if why else ""))
-        results = []
-        for r in classify(runner, paths, meta, args.batch_size, args.top):
+        runner, why = make_runner(args.model_file, args.device, args.runtime, meta)
+        print(f"runtime: {runner.name} ({args.device})" + (f"; {why}" if why else ""), flush=True)
+        results, skipped = [], []
+        strict = args.strict or os.path.isfile(args.images)   # one image: its failure is the error
+        for r in classify(runner, paths, meta, args.batch_size, args.top, strict):
+            if "error" in r:
+                skipped.append(r)
+                print(f"warning: {r['image']}: {r['error']}; skipped", file=sys.stderr)
+                continue
             results.append(r)
             if not args.quiet:
                 print(f"{r['image']}: " + ", ".join(f"{lab} {100 * pr:.1f}%" for lab, pr in r["top"]))
-    except (errors.SlabError, RuntimeError, ValueError) as e:
+        if not results:   # nothing to report: an error naming (the first) file
+            first = f"{skipped[0]['image']}: {skipped[0]['error']}"
+            raise errors.ConfigError(first if len(skipped) == 1 else
+                                     f"none of the {len(skipped)} images could be decoded, e.g. {first}")
+    except (errors.SlabError, RuntimeError, ValueError, OSError) as e:
         report(e)
         return 1
-    summary = {"runtime": runner.name, "device": args.device, "images": len(results)}
+    finally:
+        if hasattr(runner, "close"):
+            runner.close()
+    summary = {"runtime": runner.name, "device": args.device, "images": len(results), "bad_images": len(skipped)}
     classes = meta.get("classes")
     folders = [os.path.basename(os.path.dirname(r["image"])) for r in results]
     if classes and all(f in classes for f in folders):   # images sorted into class folders: score them
         summary["folder_top1"] = float(np.mean([r["top"][0][0] == f for r, f in zip(results, folders)]))
-    summary.update(top1=[r["top"][0][0] for r in results], top1_prob=[r["top"][0][1] for r in results])
+    summary.update(top1=[r["top"][0][0] for r in results], top1_prob=[r["top"][0][1] for r in results],
+                   predictions=results, skipped=skipped)
+    if args.output:
+        try:
+            write_json(args.output, summary)
+        except OSError as e:
+            report(errors.ConfigError(f"--output {args.output}: cannot write it ({e.strerror or e})"))
+            return 1
     print(json.dumps(summary))
     return 0
 

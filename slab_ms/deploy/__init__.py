@@ -3,11 +3,11 @@ MindSpore Lite 2.0 (``mindir/``), and run it through Lite's C++ runner, Lite's P
 MindSpore's GraphCell (``runtimes.py``, ``predict.py``; ``infer.py`` is the CLI)."""
 from .export import (PREPROCESS_KEYS, build_for_export, check_export_request, class_names, export_model,
                      preprocessing, verify_export)
-from .predict import classify, list_images, load_meta, make_pipeline, preprocess, softmax
-from .runtimes import (RUNTIMES, GraphCellRunner, LiteCppRunner, LiteRunner, default_lite_runner,
-                       is_lite_compatible, make_runner)
+from .predict import classify, decode_batch, list_images, load_meta, make_pipeline, preprocess, softmax
+from .runtimes import (RUNTIMES, GraphCellRunner, LiteCppRunner, LiteRunner, LiteRunnerError, check_model_file,
+                       default_lite_runner, is_lite_compatible, make_runner)
 
-__all__ = ["PREPROCESS_KEYS", "RUNTIMES", "GraphCellRunner", "LiteCppRunner", "LiteRunner", "build_for_export",
-           "check_export_request", "class_names", "classify", "default_lite_runner", "export_model",
-           "is_lite_compatible", "list_images", "load_meta", "make_pipeline", "make_runner", "preprocess",
-           "preprocessing", "softmax", "verify_export"]
+__all__ = ["PREPROCESS_KEYS", "RUNTIMES", "GraphCellRunner", "LiteCppRunner", "LiteRunner", "LiteRunnerError",
+           "build_for_export", "check_export_request", "check_model_file", "class_names", "classify",
+           "decode_batch", "default_lite_runner", "export_model", "is_lite_compatible", "list_images", "load_meta",
+           "make_pipeline", "make_runner", "preprocess", "preprocessing", "softmax", "verify_export"]

@@ -2,6 +2,7 @@
 validate.py, and batches through a runtime of ``runtimes.py`` (``infer.py`` is the CLI)."""
 import json
 import os
+import re
 
 import numpy as np
 
@@ -53,14 +54,49 @@ def make_pipeline(prep):
     return Compose(eval_transforms(cfg))
 
 
-def preprocess(paths, pipeline):
-    out = []
+def _reason(error):
+    """The useful line of a decode error: MindSpore wraps the decoder's exception in a report of many
+    lines (the Python call stack, then its own [ERROR] line); take the exception's own message."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        m = re.match(r"^[A-Za-z_.]*(?:Error|Exception): (.+)$", ln)
+        if m and not m.group(1).startswith("Traceback"):
+            return m.group(1)
+    for ln in lines:
+        if ln.startswith("[ERROR] ") and "Python Call Stack" not in ln:
+            return ln[len("[ERROR] "):]
+    return lines[0] if lines else type(error).__name__
+
+
+def decode_batch(paths, pipeline, strict=False):
+    """``(batch or None, kept paths, [(path, why), ...])``: the images that decode, stacked float32, and
+    those that do not, each with a one-line reason (skipped, as validate.py skips them). With
+    ``strict`` the first one that does not decode is a :class:`ConfigError` naming it."""
+    out, kept, bad = [], [], []
     for p in paths:
         try:
-            out.append(pipeline(np.fromfile(p, np.uint8)))
-        except (RuntimeError, ValueError) as e:
-            raise ConfigError(f"{p}: cannot decode image ({str(e).strip().splitlines()[0]})") from None
-    return np.stack(out).astype(np.float32)
+            raw = np.fromfile(p, np.uint8)
+        except OSError as e:
+            why = f"cannot read image ({e.strerror or e})"
+        else:
+            try:
+                if not raw.size:
+                    raise ValueError("empty file")
+                out.append(pipeline(raw))
+                kept.append(p)
+                continue
+            except (OSError, RuntimeError, ValueError) as e:   # Pillow's and MindSpore's decode errors
+                why = _reason(e)
+                why = why if why.startswith("cannot decode image") else f"cannot decode image ({why})"
+        if strict:
+            raise ConfigError(f"{p}: {why}")
+        bad.append((p, why))
+    return (np.stack(out).astype(np.float32) if out else None), kept, bad
+
+
+def preprocess(paths, pipeline):
+    """The images of ``paths`` as one float32 batch; an image that does not decode is a ConfigError."""
+    return decode_batch(paths, pipeline, strict=True)[0]
 
 
 def softmax(x):
@@ -68,20 +104,48 @@ def softmax(x):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def classify(runner, paths, meta, batch_size=16, top=5):
-    """Yield ``{"image": path, "top": [[label, prob], ...]}`` per image, in batches."""
+def _start(runner, batch):
+    """Run ``batch``; returns a function giving its output. A runner with ``submit`` (the Lite C++
+    runner, a separate process) works while the caller prepares the next batch."""
+    if hasattr(runner, "submit"):
+        runner.submit(batch)
+        return runner.collect
+    out = runner(batch)
+    return lambda: out
+
+
+def classify(runner, paths, meta, batch_size=16, top=5, strict=False):
+    """Yield, in file order, ``{"image": path, "top": [[label, prob], ...]}`` per image, and
+    ``{"image": path, "error": why}`` per image that does not decode (with ``strict``, a
+    :class:`ConfigError` instead). Batches of ``batch_size`` (the model's own for a fixed batch);
+    the next batch is decoded while one runs."""
     fixed = (meta.get("input_shape") or [None])[0]
     batch_size = fixed or batch_size
     classes = meta.get("classes")
     pipeline = make_pipeline(meta["preprocess"])   # built once, applied to every batch
-    for i in range(0, len(paths), batch_size):
-        chunk = paths[i:i + batch_size]
-        batch = preprocess(chunk, pipeline)
-        pad = batch_size - len(chunk) if fixed else 0   # a fixed-batch model gets a full batch
-        if pad:
-            batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
-        probs = softmax(runner(batch)[:len(chunk)].astype(np.float64))
-        for path, pr in zip(chunk, probs):
+
+    def results(chunk, kept, bad, output):
+        found = {p: {"image": p, "error": why} for p, why in bad}
+        probs = softmax(output[:len(kept)].astype(np.float64)) if kept else []
+        for path, pr in zip(kept, probs):
             order = np.argsort(-pr)[:top]
             labels = [classes[j] if classes else str(j) for j in order]
-            yield {"image": path, "top": [[lab, float(pr[j])] for lab, j in zip(labels, order)]}
+            found[path] = {"image": path, "top": [[lab, float(pr[j])] for lab, j in zip(labels, order)]}
+        return [found[p] for p in chunk]
+
+    running = None   # (chunk, kept, bad, output getter) of the batch in flight
+    for i in range(0, len(paths), batch_size):
+        chunk = paths[i:i + batch_size]
+        batch, kept, bad = decode_batch(chunk, pipeline, strict)
+        if running:
+            yield from results(*running[:3], running[3]())
+            running = None
+        if batch is None:   # nothing in this chunk decodes
+            yield from results(chunk, [], bad, None)
+            continue
+        pad = batch_size - len(kept) if fixed else 0   # a fixed-batch model gets a full batch
+        if pad:
+            batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
+        running = (chunk, kept, bad, _start(runner, batch))
+    if running:
+        yield from results(*running[:3], running[3]())

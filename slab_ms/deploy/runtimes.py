@@ -1,7 +1,12 @@
 """The runtimes that run an exported MindIR: MindSpore Lite's Python API, its C++ runtime through
 the runner in ``lite_runner/``, and MindSpore's own ``nn.GraphCell``."""
+import contextlib
 import os
+import signal
+import struct
+import subprocess
 import tempfile
+import weakref
 
 import numpy as np
 
@@ -37,16 +42,48 @@ class GraphCellRunner:
         ms.set_context(mode=ms.GRAPH_MODE)
         ms.set_device({"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}[device])
         self.ms = ms
-        self.cell = ms.nn.GraphCell(ms.load(path))
+        try:
+            self.cell = ms.nn.GraphCell(ms.load(path))
+        except RuntimeError as e:   # MindSpore's own words start with its C++ context: keep their first line
+            first = (str(e).strip().splitlines() or ["unknown error"])[0]
+            raise ConfigError(f"{path}: MindSpore could not load this MindIR ({first})") from None
 
     def __call__(self, batch):
         return self.cell(self.ms.Tensor(batch)).asnumpy()
 
 
+class LiteRunnerError(RuntimeError):
+    """The Lite C++ runner failed: its own one-line error, or how its process ended."""
+
+
+def _end(proc):
+    """End a runner process: its stdin closed (it exits at the end of its input), killed if it lingers."""
+    for f in (proc.stdin, proc.stdout):
+        with contextlib.suppress(OSError):   # a runner that is gone already: nothing to flush to
+            f.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()   # the process this runner started, and only that one
+        proc.wait()
+
+
+def _stop(proc, err):
+    _end(proc)
+    err.close()
+
+
 class LiteCppRunner:
     """MindSpore Lite's C++ runtime through the runner in ``lite_runner/`` (a separate process: Lite and
     MindSpore 2.10 cannot share one). Needs a MindIR that Lite builds (``export.py --mindir-compat
-    2.0`` for PyPI's Lite 2.0) and the runner (``scripts/get_lite.sh`` builds it)."""
+    2.0`` for PyPI's Lite 2.0) and the runner (``scripts/get_lite.sh`` builds it).
+
+    One runner process serves every batch (``lite_runner MODEL --serve``: the model is built once,
+    batches go through its stdin and stdout); it starts here, so the build overlaps what the caller
+    does next, and ends with :meth:`close`, the ``with`` block, garbage collection or the interpreter.
+    ``submit`` then ``collect`` let the caller prepare the next batch while one runs; calling the
+    runner does both. A failure (the runner's own ``error:`` line, or its crash) is a
+    :class:`LiteRunnerError` naming the model; the next batch starts a new process."""
     name = "mindspore_lite C++ (lite_runner)"
 
     def __init__(self, path, device, runner=None, threads=None):
@@ -56,19 +93,107 @@ class LiteCppRunner:
             raise ConfigError("the MindSpore Lite runner is not built: run bash scripts/get_lite.sh (or set "
                               "SLAB_LITE_RUNNER)")
         self.threads = threads or max(1, min(os.cpu_count() or 1, 8))
+        self.predict_s = 0.0   # the runner's own Predict time, summed over the batches answered
+        self.batches = 0
+        self._proc = self._pending = None
+        self._start()
+
+    def _start(self):
+        err = tempfile.TemporaryFile()   # the runner's stderr: a file, so a chatty runner never blocks
+        proc = subprocess.Popen([self.runner, self.path, "--serve", "--device", self.device, "--threads",
+                                 str(self.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        self._proc, self._err = proc, err
+        self._finalizer = weakref.finalize(self, _stop, proc, err)
+
+    def _fail(self, shape):
+        """Raise the runner's error once its process has ended (or been ended) part-way through a batch."""
+        proc, err = self._proc, self._err
+        self._proc = self._pending = None
+        self._finalizer.detach()
+        _end(proc)
+        try:
+            err.seek(0)
+            text = err.read()[-8192:].decode(errors="replace")
+        finally:
+            err.close()
+        raise LiteRunnerError(self._message(proc.returncode, text, shape))
+
+    def _message(self, code, text, shape):
+        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+        errs = [ln for ln in lines if ln.startswith("error: ")]
+        if errs:
+            msg = errs[-1][len("error: "):]
+            return msg if self.path in msg else f"{self.path}: {msg}"
+        what = f"on a batch of shape {list(shape)}"
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with status {code} without an answer"
+        tail = f" ({lines[-1][:200]})" if lines else ""
+        return f"the Lite runner {how} {what} running {self.path}{tail}"
+
+    def submit(self, batch):
+        """Send one batch (float32, N x C x H x W) to the runner; :meth:`collect` returns its output."""
+        if self._pending is not None:
+            raise RuntimeError("collect() the batch submitted before submitting another")
+        batch = np.ascontiguousarray(batch, dtype="<f4")
+        if self._proc is None:
+            self._start()
+        head = b"SLAB" + struct.pack(f"<I{batch.ndim}q", batch.ndim, *batch.shape)
+        self._pending = batch.shape
+        try:
+            self._proc.stdin.write(head)
+            self._proc.stdin.write(memoryview(batch).cast("B"))
+            self._proc.stdin.flush()
+        except (BrokenPipeError, ConnectionResetError, ValueError):   # the runner is gone: say why
+            self._fail(batch.shape)
+
+    def collect(self):
+        """The output of the batch :meth:`submit` sent (float32)."""
+        if self._pending is None:
+            raise RuntimeError("no batch submitted")
+        shape, out = self._pending, self._proc.stdout
+        try:
+            head = out.read(8)
+            if len(head) != 8 or head[:4] != b"SLAB":
+                self._fail(shape)
+            (ndim,) = struct.unpack("<I", head[4:])
+            rest = out.read(8 * ndim + 8)
+            if len(rest) != 8 * ndim + 8:
+                self._fail(shape)
+            dims = struct.unpack(f"<{ndim}q", rest[:8 * ndim])
+            (ms,) = struct.unpack("<d", rest[8 * ndim:])
+            result = np.empty(dims, np.float32)
+            view, got = memoryview(result).cast("B"), 0
+            while got < result.nbytes:
+                n = out.readinto(view[got:])
+                if not n:
+                    self._fail(shape)
+                got += n
+        except (OSError, ValueError, struct.error):
+            self._fail(shape)
+        self._pending = None
+        self.predict_s += ms / 1000
+        self.batches += 1
+        return result
 
     def __call__(self, batch):
-        import subprocess
-        with tempfile.TemporaryDirectory(prefix="slab-lite-") as tmp:   # removed with what it holds
-            src, dst = os.path.join(tmp, "in.npy"), os.path.join(tmp, "out.npy")
-            np.save(src, np.ascontiguousarray(batch, dtype=np.float32))
-            p = subprocess.run([self.runner, self.path, src, dst, "--device", self.device, "--threads",
-                                str(self.threads)], capture_output=True, text=True)
-            if p.returncode != 0:
-                lines = p.stderr.strip().splitlines()
-                raise ConfigError(lines[-1][len("error: "):] if lines and lines[-1].startswith("error: ")
-                                  else f"the Lite runner failed (exit {p.returncode})")
-            return np.load(dst, allow_pickle=False)
+        self.submit(batch)
+        return self.collect()
+
+    def close(self):
+        """End the runner process (it finishes the batch it is on, if any)."""
+        self._pending = self._proc = None
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def default_lite_runner():
@@ -81,30 +206,81 @@ def default_lite_runner():
     return path if os.access(path, os.X_OK) else None
 
 
-def is_lite_compatible(path):
-    """Whether a MindIR file is mind_ir_version 1 (what Lite 2.0 builds: ``--mindir-compat 2.0``)."""
+def _read_mindir(path):
+    """``(ModelProto or None, bytes)``: None when the file does not parse as a MindIR with a graph."""
     from mindspore.train import mind_ir_pb2
+    with open(path, "rb") as f:
+        data = f.read()
     m = mind_ir_pb2.ModelProto()
     try:
-        with open(path, "rb") as f:
-            m.ParseFromString(f.read())
-    except Exception:  # a damaged file: let the runtime say so
+        m.ParseFromString(data)
+    except Exception:  # protobuf raises DecodeError, UnicodeDecodeError, ...: all mean "not MindIR"
+        return None, data
+    return (m if len(m.graph.node) else None), data
+
+
+def _is_checkpoint(data):
+    """Whether bytes parse as a MindSpore checkpoint holding at least one named tensor."""
+    from mindspore.train import checkpoint_pb2
+    c = checkpoint_pb2.Checkpoint()
+    try:
+        c.ParseFromString(data)
+    except Exception:  # as in _read_mindir
         return False
-    return m.mind_ir_version <= 1
+    return len(c.value) > 0 and all(v.tag for v in c.value)
+
+
+def check_model_file(path):
+    """The ``mind_ir_version`` of a MindIR file, read up front so that a file the runtimes cannot load is
+    a one-line :class:`ConfigError` naming it (a checkpoint is told to go through export.py first)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--model_file {path}: no such file")
+    try:
+        m, data = _read_mindir(path)
+    except OSError as e:
+        raise ConfigError(f"--model_file {path}: cannot read it ({e.strerror})") from None
+    if m is not None:
+        return m.mind_ir_version
+    low = path.lower()
+    if low.endswith(".ckpt") or _is_checkpoint(data):
+        raise ConfigError(f"{path} is a checkpoint, not an exported model: export it first (python export.py "
+                          f"--config CONFIG --ckpt_path {path} --reparam --dynamic-batch --output MODEL.mindir) "
+                          f"and pass MODEL.mindir")
+    if low.endswith(".onnx"):
+        raise ConfigError(f"{path} is ONNX: infer.py runs MindIR (export.py --format MINDIR); run an ONNX "
+                          f"export with onnxruntime")
+    why = "an empty file" if not data else "damaged, truncated or not a MindIR"
+    raise ConfigError(f"{path}: not a MindIR model ({why}); export.py writes one")
+
+
+def is_lite_compatible(path):
+    """Whether a MindIR file is mind_ir_version 1 (what Lite 2.0 builds: ``--mindir-compat 2.0``)."""
+    try:
+        m, _ = _read_mindir(path)
+    except OSError:
+        return False
+    return m is not None and m.mind_ir_version <= 1
 
 
 RUNTIMES = ("auto", "lite", "lite-cpp", "mindspore")
 
 
-def make_runner(path, device, runtime="auto"):
+def make_runner(path, device, runtime="auto", meta=None, threads=None):
     """``(runner, note)`` for ``runtime``: ``lite`` (the ``mindspore_lite`` Python package),
     ``lite-cpp`` (the C++ runner of ``lite_runner/``), ``mindspore`` (GraphCell), or ``auto``: the first of those
-    that can run this file, with a note saying why the others were not used."""
+    that can run this file, with a note saying why the others were not used. ``meta`` (the export
+    record) tells a file rewritten for Lite 2.0, which GraphCell cannot run. Close a runner that
+    has ``close`` when done (the C++ runner holds a process)."""
+    compat = bool((meta or {}).get("mindir_compat"))
+    refused = (f"{path} was written for Lite 2.0 (export.py --mindir-compat), a form MindSpore's GraphCell "
+               f"does not run")
     if runtime == "lite":
         return LiteRunner(path, device), None
     if runtime == "lite-cpp":
-        return LiteCppRunner(path, device), None
+        return LiteCppRunner(path, device, threads=threads), None
     if runtime == "mindspore":
+        if compat:
+            raise ConfigError(refused + ": use --runtime lite-cpp, or export without --mindir-compat")
         return GraphCellRunner(path, device), None
     try:
         import mindspore_lite  # noqa: F401
@@ -112,8 +288,11 @@ def make_runner(path, device, runtime="auto"):
     except ImportError:
         pass
     runner = default_lite_runner()
-    if runner and is_lite_compatible(path):
-        return LiteCppRunner(path, device, runner), "mindspore_lite (Python) is not installed"
+    if runner and (compat or is_lite_compatible(path)):
+        return LiteCppRunner(path, device, runner, threads), "mindspore_lite (Python) is not installed"
+    if compat:
+        raise ConfigError(refused + ", and no Lite runtime is built: run bash scripts/get_lite.sh, or export "
+                          "without --mindir-compat")
     why = "no Lite runtime (bash scripts/get_lite.sh builds the C++ one)" if not runner else \
         "the file is not Lite 2.0 compatible (export.py --mindir-compat 2.0 writes one)"
     return GraphCellRunner(path, device), why
