@@ -187,3 +187,40 @@ def test_bad_text_inputs_fail_with_one_line(corpus, tmp_path):
         p = run(cmd, code=2)
         err = p.stderr.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], (extra, p.stderr[-2000:])
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_lm_sink_mode_gives_the_per_step_numbers(corpus, tmp_path, accumulation):
+    """The language model goes through the same sunk loop as the vision runs: per-step losses
+    within 1e-6 and weights within 1e-6 of the per-step loop, with the LLaMA PRepBN's 16-forward
+    counters moved in the graph; a checkpoint step ends a sink."""
+    from slab_ms.engine.config import load_config, parse_overrides
+    from slab_ms.engine.lm_trainer import LMRun
+    data, tok = corpus
+    runs, sizes = [], []
+    for sink in (False, True):
+        over = parse_overrides(SMALL + ["--data_dir", data, "--tokenizer", tok, "--ckpt_save_dir",
+                                        str(tmp_path / str(sink)), "--max_steps", "6", "--ckpt_save_steps", "3",
+                                        "--prepbn_fraction", "0.5", "--val_while_train", "false", "--warmup_steps", "2",
+                                        "--gradient_accumulation_steps", str(accumulation),
+                                        "--dataset_sink_mode", str(sink).lower(), "--sink_size", "4"])
+        run = LMRun(load_config(CONFIG, over))
+        run.start()
+        if sink:
+            original = run.sink_loop.run
+
+            def recording(batches, steps, original=original):
+                sizes.append(steps)
+                return original(batches, steps)
+            run.sink_loop.run = recording
+        run.train_epoch(0)
+        runs.append(run)
+    loop, sunk = runs
+    assert sizes == [3, 3]   # sink_size 4, cut at the checkpoint of step 3
+    assert (tmp_path / "True" / "slab_llama_tiny-0003.ckpt").exists()
+    a, b = ([s["loss"] for s in r.history["steps"]] for r in runs)
+    assert len(a) == len(b) == 6
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=0)
+    for (name, p), (_, q) in zip(loop.net.parameters_and_names(), sunk.net.parameters_and_names()):
+        x, y = p.asnumpy().astype(np.float64), q.asnumpy().astype(np.float64)
+        assert np.abs(x - y).max() <= 1e-6 * max(1.0, np.abs(x).max()), name
