@@ -82,14 +82,14 @@ def test_features_only_shapes_and_channels(name, reference_dir, tmp_path):
     assert [tuple(o.shape) for o in outs] == [(x.shape[0], c, 224 // r, 224 // r)
                                               for c, r in zip(net.out_channels, net.reductions)]
     if golden:
-        # every stage against the float64 reference, no further off than 3e-6 or than float32 torch
-        # is (slab_cswin_mini's last stage is ill-conditioned: torch float32 2.2e-5 off, ours 1.0e-5;
+        # every stage against the float64 reference, no further off than 3e-6 or 1.5x float32 torch
+        # (slab_cswin_mini's last stage is ill-conditioned: torch float32 2.2e-5 off, ours 1.0e-5;
         # elsewhere ours 2.5e-7 to 1.6e-6)
         exact = _reference_stage_maps(golden, reference_dir, x, torch.float64)
         single = _reference_stage_maps(golden, reference_dir, x, torch.float32)
         for i, (got, ref64, ref32) in enumerate(zip(outs, exact, single)):
             assert got.shape == ref64.shape, i
-            err, bound = rel_err(got.asnumpy(), ref64), max(3e-6, rel_err(ref32, ref64))
+            err, bound = rel_err(got.asnumpy(), ref64), max(3e-6, 1.5 * rel_err(ref32, ref64))
             assert err <= bound, (i, err, bound)
         inner = net.net
         pooled = outs[-1].asnumpy().mean(axis=(2, 3)).astype(np.float64)
