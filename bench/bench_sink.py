@@ -121,12 +121,13 @@ def job(row, model, threads):
         else:
             loop = SinkLoop(stepper, sink_size)
             loop.run(batches, sink_size)
-            loop.cell = _Timed(loop.cell)
+            cells = {k: _Timed(v) for k, v in loop.cells.items()}
+            loop.cells.update(cells)
             t = time.perf_counter()
             for _ in range(steps // sink_size):
                 loop.run(batches, sink_size)
             wall = time.perf_counter() - t
-            graph = loop.cell.total
+            graph = sum(c.total for c in cells.values())
     return {"row": row, "model": model, "step_ms": 1000 * wall / steps, "graph_ms": 1000 * graph / steps,
             "host_ms": 1000 * (wall - graph) / steps, "steps": steps, "batch": batch, "sink_size": sink_size}
 

@@ -14,6 +14,12 @@ How the steps reach the device:
   falls back to a non-sink loop there), so the host launches the compiled micro-step per batch,
   without any read-back or host-side write between the steps of a sink.
 The numbers are those of the per-step loop either way (``tests/test_sink.py``).
+
+Where the PRepBN kind has them (the vision PRepBN), the sunk step is compiled per phase of the
+schedule, as the per-step loop's is: ``warm_counted`` and ``mix_counted`` forwards that move
+only their phase's counter in the graph, with no select and no statistics gating. A sink that
+would cross the end of the warm-up is run as two device loops. Other kinds (the LLaMA PRepBN's
+16-forward gating) keep the in-forward schedule.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
+
+from .schedule import StepSchedule
 
 
 class SinkStep(nn.Cell):
@@ -76,41 +84,78 @@ class SinkLoop:
         self.stepper = stepper
         self.k = stepper.accumulation
         self.sink_size = int(sink_size)
-        self.cell = SinkStep(stepper._forward_step("forward"), getattr(stepper, "apply", None), self.k,
-                             self.sink_size)
-        self.cell.set_train()
+        schedule = StepSchedule.for_network(stepper.net_with_loss)
+        self.schedule = schedule if schedule is not None and getattr(schedule.norms[0], "counted_phases", False) \
+            else None
+        self.cells: dict[str, SinkStep] = {}
         self.device_sink = ms.get_context("device_target") in ("Ascend", "GPU")
         self.jit_level = jit_level
-        self._sunk: dict[tuple[int, int], Callable] = {}
+        self._sunk: dict[tuple[str, int, int], Callable] = {}
+
+    def _cell(self, phase):
+        """The sunk step compiled for ``phase`` ("forward", "warm_counted", "mix_counted")."""
+        if phase not in self.cells:
+            cell = SinkStep(self.stepper._forward_step(phase), getattr(self.stepper, "apply", None), self.k,
+                            self.sink_size)
+            cell.set_train()
+            self.cells[phase] = cell
+        return self.cells[phase]
+
+    def _phases(self, steps):
+        """``[(phase, optimizer steps)]`` for the next ``steps``: split at the end of the warm-up."""
+        counters = self.schedule.counters() if self.schedule is not None else None
+        if counters is None or counters["warm"] % self.k:
+            return [("forward", steps)]
+        warm_steps = counters["warm"] // self.k
+        if warm_steps == 0:
+            return [("mix_counted", steps)]
+        if warm_steps >= steps:
+            return [("warm_counted", steps)]
+        return [("warm_counted", warm_steps), ("mix_counted", steps - warm_steps)]
 
     def run(self, batches: Iterable, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """``steps`` (at most ``sink_size``) optimizer steps; one read-back at the end."""
         if not 0 < steps <= self.sink_size:
             raise ValueError(f"a sink holds 1..{self.sink_size} optimizer steps, got {steps}")
         self.stepper.net_with_loss.set_train(True)
-        micro = steps * self.k
-        if self.device_sink:
-            self._device_sink(batches, micro)()
-        else:
-            done = 0
-            for batch in batches:
-                self.cell(*batch)
-                done += 1
-                if done == micro:
-                    break
-            if done < micro:
-                raise RuntimeError(f"the data ran out after {done} of {micro} micro-batches of a sink")
-        return self.cell.read_and_reset(steps)
+        losses, finite = [], []
+        for phase, n in self._phases(steps):
+            cell = self._cell(phase)
+            with self._compiled_as(phase):
+                self._loop(cell, phase, batches, n * self.k)
+            got = cell.read_and_reset(n)
+            losses.append(got[0])
+            finite.append(got[1])
+        return np.concatenate(losses), np.concatenate(finite)
 
-    def _device_sink(self, dataset, micro):
+    def _compiled_as(self, phase):
+        if phase == "forward":
+            import contextlib
+            return contextlib.nullcontext()
+        return self.schedule.compiled_as(phase)
+
+    def _loop(self, cell, phase, batches, micro):
+        if self.device_sink:
+            self._device_sink(cell, phase, batches, micro)()
+            return
+        done = 0
+        for batch in batches:
+            cell(*batch)
+            done += 1
+            if done == micro:
+                break
+        if done < micro:
+            raise RuntimeError(f"the data ran out after {done} of {micro} micro-batches of a sink")
+
+    def _device_sink(self, cell, phase, dataset, micro):
         """``mindspore.data_sink`` over ``dataset`` looping ``micro`` times on the device (one
-        function per dataset and length, compiled once)."""
-        key = (id(dataset), micro)
+        function per phase, dataset and length, compiled once)."""
+        key = (phase, id(dataset), micro)
         if key not in self._sunk:
             from mindspore import JitConfig
             config = JitConfig(jit_level=self.jit_level) if self.jit_level else JitConfig()
-            self._sunk = {k: v for k, v in self._sunk.items() if k[0] == id(dataset)}
-            self._sunk[key] = ms.data_sink(self.cell, dataset, sink_size=micro, jit_config=config)
+            self._sunk = {k: v for k, v in self._sunk.items() if k[1] == id(dataset)}
+            self._sunk[key] = ms.data_sink(cell, dataset, sink_size=micro, jit_config=config)
         return self._sunk[key]
 
 

@@ -102,11 +102,15 @@ class PRepBN(nn.Cell):
     is compiled for one phase of the schedule, ``norm1(x)`` during warm-up,
     ``lam * norm1 + (1 - lam) * norm2`` after it, with no counter update and no statistics gating
     in the differentiated graph. :class:`slab_ms.engine.train_step.Stepper` uses them: the same
-    numbers bit for bit, a shorter first call (README, Training cost).
+    numbers bit for bit, a shorter first call (docs/performance.md, training cost).
+    ``"warm_counted"`` and ``"mix_counted"``: the same per-phase forwards, each moving its own
+    counter in the graph as upstream's rule does in that phase (sink mode,
+    :class:`slab_ms.engine.sink.SinkLoop`: the counters never leave the device).
     """
 
     schedule_mode = "forward"
     phase_forward = True                 # this class compiles the "warm" and "mix" forwards
+    counted_phases = True                # ... and their "_counted" forms
     counter_names = ("warm", "iter")     # the counters a training forward moves
 
     @shared_graph
@@ -168,6 +172,13 @@ class PRepBN(nn.Cell):
         if self.schedule_mode == "mix":
             x1 = self.norm1(x)
             return self._mix(x1, self.norm2(x), self._scheduled_lam(self.iter))
+        if self.schedule_mode == "warm_counted":
+            out = self.norm1(x)
+            return ops.depend(out, ops.assign(self.warm, self.warm - ops.ones_like(self.warm)))
+        if self.schedule_mode == "mix_counted":
+            it = self.iter
+            out = self._mix(self.norm1(x), self.norm2(x), self._scheduled_lam(it))
+            return ops.depend(out, ops.assign(self.iter, it - (it > 0).astype(it.dtype)))
         warm = self.warm
         it = self.iter
         in_warm = warm > 0

@@ -177,6 +177,8 @@ class LlamaPRepBN(PRepBN):
     as in :class:`PRepBN`: the trainer moves the counters (:meth:`counters_after_forward`).
     """
 
+    counted_phases = False   # sink mode keeps the in-forward schedule (the 16-forward gating)
+
     def __init__(self, dim, eps=1e-6, warm=10000, total_step=18000, r0=1.0):
         nn.Cell.__init__(self)   # own counters, in upstream's buffer order
         self.num_step = Parameter(Tensor(0, ms.int64), name="num_step", requires_grad=False)
