@@ -146,16 +146,19 @@ def test_ema_averages_floats_and_never_the_counters():
     assert int(state["layers.0.blocks.0.norm1.iter"]) == 1 and "ema.layers.0.blocks.0.norm1.iter" not in state
 
 
+class OneRepBN(nn.Cell):
+    """A RepBN over 6 channels, alone: the recalibration tests' network."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = RepBN(6)
+
+    def construct(self, x):
+        return self.norm(x)
+
+
 def test_recalibration_sets_the_mean_of_batch_statistics():
-    class Net(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.norm = RepBN(6)
-
-        def construct(self, x):
-            return self.norm(x)
-
-    net = Net()
+    net = OneRepBN()
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((3, 5, 6)).astype(np.float32) * (i + 1) + i for i in range(4)]
     n = recalibrate_bn(net, (ms.Tensor(b) for b in batches))
@@ -170,15 +173,7 @@ def test_recalibration_sets_the_mean_of_batch_statistics():
 def test_upstream_recalibration_is_bns_moving_average_from_the_trained_statistics():
     """bn_recalibrate_mode upstream: momentum 0.1 (PyTorch's convention) continued from the
     trained running statistics, checked against the formula in numpy."""
-    class Net(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.norm = RepBN(6)
-
-        def construct(self, x):
-            return self.norm(x)
-
-    net = Net()
+    net = OneRepBN()
     rng = np.random.default_rng(1)
     mean0, var0 = rng.standard_normal(6).astype(np.float32), rng.random(6).astype(np.float32) + 0.5
     net.norm.bn.moving_mean.set_data(ms.Tensor(mean0))
