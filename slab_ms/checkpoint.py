@@ -9,7 +9,7 @@ import mindspore as ms
 from mindspore import nn
 
 from .io import atomic_write
-from .errors import CheckpointError
+from .errors import CheckpointError, summarize_names
 
 
 def read_ms_checkpoint(path):
@@ -92,11 +92,6 @@ def computed_buffers(net):
     return out
 
 
-def _summary(kind, names, limit=8):
-    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
-    return f"{len(names)} {kind}: {', '.join(names[:limit])}{more}"
-
-
 def adapt_official_ms(params, net):
     """The official MindSpore port's ``{name: array}`` in this package's layout for ``net``:
     ``(params, problems)``. Each stored buffer must equal what ``net`` computes and is then dropped;
@@ -118,11 +113,11 @@ def adapt_official_ms(params, net):
             out[name] = np.asarray(OFFICIAL_MS_NUM_BATCHES_TRACKED, np.int64)
     problems = []
     if missing:
-        problems.append(_summary("computed buffers missing", missing))
+        problems.append(summarize_names("computed buffers missing", missing))
     if unexpected:
-        problems.append(_summary("buffers the model does not compute", unexpected))
+        problems.append(summarize_names("buffers the model does not compute", unexpected))
     if differ:
-        problems.append(_summary("buffers that differ from what the model computes (window size or "
+        problems.append(summarize_names("buffers that differ from what the model computes (window size or "
                                  "resolution differ?)", differ))
     return out, problems
 

@@ -17,3 +17,9 @@ class CheckpointError(SlabError, ValueError):
 
 class TrainingError(SlabError, RuntimeError):
     """A run that cannot go on: a diverged loss, or resume state that does not line up with the run."""
+
+
+def summarize_names(kind: str, names: list, limit: int = 8) -> str:
+    """``"<n> <kind>: a, b, ... (+k more)"``: a list of names inside a one-line message."""
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return f"{len(names)} {kind}: {', '.join(names[:limit])}{more}"

@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, summarize_names
 
 # MindSpore suffix -> PyTorch suffix (LayerNorm and BatchNorm); every other name is identical.
 MS_TO_TORCH_SUFFIX = {
@@ -47,12 +47,6 @@ def torch_layout(net):
     return entries
 
 
-def _summarize(kind, names, limit=8):
-    shown = ", ".join(names[:limit])
-    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
-    return f"{len(names)} {kind}: {shown}{more}"
-
-
 def _raise_if(problems, what):
     if problems:
         raise CheckpointError(f"{what} does not fit the model; " + "; ".join(problems))
@@ -87,13 +81,13 @@ def torch_to_ms(net, torch_sd, what="checkpoint"):
     unexpected = [k for k in torch_sd if k not in used]
     problems = []
     if missing:
-        problems.append(_summarize("missing keys", missing))
+        problems.append(summarize_names("missing keys", missing))
     if unexpected:
-        problems.append(_summarize("unexpected keys", unexpected))
+        problems.append(summarize_names("unexpected keys", unexpected))
     if mismatched:
-        problems.append(_summarize("shape mismatches", mismatched))
+        problems.append(summarize_names("shape mismatches", mismatched))
     if wrong_buffers:
-        problems.append(_summarize("buffers that differ from what the model computes (window size or "
+        problems.append(summarize_names("buffers that differ from what the model computes (window size or "
                                    "resolution differ?)", wrong_buffers))
     _raise_if(problems, what)
     return out
@@ -121,11 +115,11 @@ def ms_to_torch(net, ms_params, what="checkpoint"):
     unexpected = [k for k in ms_params if k not in used]
     problems = []
     if missing:
-        problems.append(_summarize("missing parameters", missing))
+        problems.append(summarize_names("missing parameters", missing))
     if unexpected:
-        problems.append(_summarize("unexpected parameters", unexpected))
+        problems.append(summarize_names("unexpected parameters", unexpected))
     if mismatched:
-        problems.append(_summarize("shape mismatches", mismatched))
+        problems.append(summarize_names("shape mismatches", mismatched))
     _raise_if(problems, what)
     return out
 
