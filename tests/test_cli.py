@@ -1,14 +1,16 @@
 """The package and its command lines as a user meets them: pip-installable with console scripts,
 flags built from the config schema (kinds and choices checked, --help complete), launch scripts
 that check before they start and never delete what they did not create."""
+import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, make_digits
 from slab_ms.engine.config import SCHEMA, ConfigError, choices_of, load_config, parse_overrides
 
 TOOLS = ("train", "validate", "convert", "export", "infer", "generate")
@@ -72,13 +74,38 @@ def test_cli_errors_are_one_line(tmp_path):
     assert p.returncode == 2 and p.stderr.strip().startswith("error: interpolation in the command line"), p.stderr
 
 
-def test_wheel_installs_package_and_console_scripts(tmp_path):
-    """``pip wheel .`` holds every slab_ms package (engine and cli included) and the five console
-    scripts; installed into a separate folder, ``slab-train --help`` works from outside the source tree."""
-    wheels = tmp_path / "wheels"
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """``pip wheel .``, installed with ``--no-deps`` into a fresh venv outside the checkout: ``(wheel,
+    venv bin folder, the folder to run in)``. The venv sees this environment's packages (MindSpore,
+    mindcv, ...) through a .pth file written after the install, so pip never sees the checkout's
+    own (editable) slab-ms there, and the venv's slab_ms is the wheel's."""
+    import sysconfig
+    tmp = tmp_path_factory.mktemp("installed")
+    wheels = tmp / "wheels"
     p = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), ROOT], timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     (wheel,) = wheels.glob("slab_ms-*.whl")
+    venv = tmp / "venv"
+    p = _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)])
+    assert p.returncode == 0, p.stderr[-3000:]
+    python = venv / "bin" / "python"
+    p = _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+             timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    with open(os.path.join(site, "_slab_test_outer_env.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")   # this environment's packages, after the venv's own
+    work = tmp / "elsewhere"
+    work.mkdir()
+    return wheel, venv / "bin", work
+
+
+def test_wheel_installs_package_configs_and_console_scripts(installed):
+    """The wheel holds every slab_ms package (engine and cli included), the shipped configs and the
+    six console scripts; installed into a fresh venv, slab_ms comes from there, outside the source tree,
+    and each script's usage line names the script."""
+    wheel, bin_dir, work = installed
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
@@ -89,19 +116,55 @@ def test_wheel_installs_package_and_console_scripts(tmp_path):
     assert "slab_ms/engine" in packages and "slab_ms/cli" in packages
     for pkg in packages:
         assert f"{pkg}/__init__.py" in names, pkg
+    shipped = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".yaml"))
+    assert sorted(n[len("slab_ms/configs/"):] for n in names if n.startswith("slab_ms/configs/")) == shipped
     for dep in ("mindspore", "mindcv", "numpy", "pyyaml", "tqdm", "pillow", "matplotlib"):
         assert any(dep in r.lower() for r in requires), (dep, requires)
     for tool in TOOLS:
         assert f"slab-{tool} = slab_ms.cli.{tool}:main" in entry
-    target = tmp_path / "site"
-    p = _run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)])
-    assert p.returncode == 0, p.stderr[-3000:]
-    env = {"PYTHONPATH": str(target)}
-    p = _run([str(target / "bin" / "slab-train"), "--help"], cwd=str(tmp_path), env=env)
-    assert p.returncode == 0 and "--interpolation" in p.stdout, p.stderr[-2000:]
-    p = _run([sys.executable, "-c", "import slab_ms, os; print(os.path.dirname(slab_ms.__file__))"],
-             cwd=str(tmp_path), env=env)
-    assert p.stdout.strip() == str(target / "slab_ms")
+    p = _run([str(bin_dir / "python"), "-c", "import slab_ms, os; print(os.path.dirname(slab_ms.__file__))"],
+             cwd=work)
+    assert p.stdout.strip().startswith(str(bin_dir.parent)) and not p.stdout.strip().startswith(ROOT), p.stdout
+    for tool in ("train", "validate", "convert", "export", "generate"):
+        p = _run([str(bin_dir / f"slab-{tool}"), "--help"], cwd=work)
+        assert p.returncode == 0 and p.stdout.startswith(f"usage: slab-{tool} "), (tool, p.stdout[:200],
+                                                                                  p.stderr[-1000:])
+    p = _run([sys.executable, os.path.join(ROOT, "train.py"), "--help"])
+    assert p.returncode == 0 and p.stdout.startswith("usage: train.py "), p.stdout[:200]
+
+
+def test_installed_package_trains_a_shipped_config_outside_the_checkout(installed):
+    """From a folder outside the checkout: ``--list-configs`` lists the shipped configs, ``--config
+    NAME`` and the README's ``--config configs/NAME.yaml`` find them, a path still works, and the
+    config's relative data_dir (data/digits) is taken from the current folder, as docs/training.md says.
+    One epoch of the quick-start config at a tiny size, then slab-validate on its final.ckpt."""
+    _, bin_dir, work = installed
+    p = _run([str(bin_dir / "slab-train"), "--list-configs"], cwd=work)
+    assert p.returncode == 0 and re.search(r"^quickstart_digits +slab_swin_tiny +Quickstart", p.stdout, re.M), \
+        p.stdout + p.stderr[-1000:]
+    assert len(p.stdout.strip().splitlines()) == len([f for f in os.listdir(os.path.join(ROOT, "configs"))
+                                                      if f.endswith(".yaml")])
+    p = _run([str(bin_dir / "slab-train"), "--config", "configs/slab_swin_t.yaml", "--data_dir", "nowhere"], cwd=work)
+    assert p.returncode == 2 and _last_error(p).startswith("error: data directory nowhere/train not found"), \
+        p.stderr[-1000:]   # the README's form, from outside the checkout: the config was found
+    p = _run([str(bin_dir / "slab-train"), "--config", "slab_swin_x"], cwd=work)
+    assert p.returncode == 2 and "did you mean slab_swin_t" in _last_error(p), p.stderr[-1000:]
+    make_digits.build(str(work / "data" / "digits"), size=32)   # quickstart_digits.yaml: data_dir data/digits
+    tiny = ["--model_kwargs", "{embed_dim: 16, depths: [1, 1], num_heads: [1, 2], attn_type: LS, window_size: 8}",
+            "--num_samples", "64"]
+    p = _run([str(bin_dir / "slab-train"), "--config", "quickstart_digits", "--ckpt_save_dir", "out",
+              "--epoch_size", "1", *tiny], cwd=work, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["config"].startswith(str(bin_dir.parent)), summary
+    assert summary["config"].endswith(os.path.join("slab_ms", "configs", "quickstart_digits.yaml"))
+    assert (work / "out" / "final.ckpt").is_file() and sorted(os.listdir(work)) == ["data", "out"]
+    p = _run([str(bin_dir / "slab-validate"), "--config", "elsewhere/quickstart_digits.yaml"], cwd=work)
+    assert p.returncode == 2 and _last_error(p) == "error: config file elsewhere/quickstart_digits.yaml not found"
+    p = _run([str(bin_dir / "slab-validate"), "--config", summary["config"], "--model_kwargs", tiny[1],
+              "--ckpt_path", "out/final.ckpt"], cwd=work)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1])["top1"] == pytest.approx(summary["top1"], abs=1e-6)
 
 
 def test_run_distribute_checks_config_and_data_before_launching(tmp_path):

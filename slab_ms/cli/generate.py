@@ -16,7 +16,7 @@ import json
 import sys
 
 from .. import errors
-from . import report
+from . import prog, report
 
 
 def _read_prompts(args):
@@ -31,7 +31,7 @@ def _read_prompts(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="generate.py", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("generate.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="X.ckpt from convert.py, or an HF folder / weights file")
     p.add_argument("--config", help="the checkpoint's config (default: X.config.json next to X.ckpt)")
