@@ -116,11 +116,17 @@ def run_two_workers(config, out, *overrides, timeout=900):
                         "--ckpt_save_dir", str(out), *overrides],
                        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-3000:]
+    return assert_identical_replicas(out)
+
+
+def assert_identical_replicas(out, world=2):
+    """Each rank's ``logs/worker_<rank>.log`` under ``out`` logged one parameter digest (weights,
+    counters, BN statistics) and they are equal; returns ``out/summary.json``."""
     digests = []
-    for rank in (0, 1):
+    for rank in range(world):
         log = open(os.path.join(out, "logs", f"worker_{rank}.log")).read()
-        digests += re.findall(r"\[rank (\d)\] parameter digest ([0-9a-f]{16})", log)
-    assert sorted(r for r, _ in digests) == ["0", "1"], digests
+        digests += re.findall(r"\[rank (\d+)\] parameter digest ([0-9a-f]{16})", log)
+    assert sorted(int(r) for r, _ in digests) == list(range(world)), digests
     assert len({d for _, d in digests}) == 1, f"replicas differ: {digests}"
     return json.loads(open(os.path.join(out, "summary.json")).read())
 

@@ -5,6 +5,7 @@ and a script that imports slab_ms exits without MindSpore's teardown noise."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -199,3 +200,65 @@ def test_best_ckpt_is_the_best_model_the_run_made(digits, tmp_path, capsys):
     assert top1["best"] == pytest.approx(summary["best_top1"], abs=1e-6), (top1, summary)
     assert top1["final"] == pytest.approx(summary["top1"], abs=1e-6), (top1, summary)
     assert summary["best_recalibrated"] == (top1["best"] == top1["final"])
+
+
+SCRIPT = os.path.join(ROOT, "scripts", "run_distribute.sh")
+
+
+def test_run_distribute_help_and_multi_node_settings(tmp_path):
+    """--help exits 0 with a two-node example and the settings; with NNODES > 1 the launcher refuses to
+    start without MASTER_ADDR and MASTER_PORT (each node used to pick its own random port), and the
+    settings are checked before Python starts; nothing is created."""
+    p = _run(["bash", SCRIPT, "--help"], cwd=tmp_path)
+    assert p.returncode == 0 and p.stdout.startswith("usage: bash scripts/run_distribute.sh CONFIG"), p.stderr
+    for text in ("NNODES=2 NODE_RANK=0 MASTER_ADDR=", "NNODES=2 NODE_RANK=1 MASTER_ADDR=", "CLUSTER_TIME_OUT",
+                 "[600, msrun's default]", "BIND_CORE", "--bind_core) [false]"):
+        assert text in p.stdout, text
+    cases = [({"NNODES": "2"}, "error: NNODES=2 needs MASTER_ADDR (node 0's address, the same on every node)"),
+             ({"NNODES": "2", "MASTER_ADDR": "10.0.0.1"}, "error: NNODES=2 needs MASTER_PORT (one free port, the "
+              "same on every node; each node would pick its own)"),
+             ({"NNODES": "2", "NODE_RANK": "2"}, "error: NODE_RANK must be within 0..1 (NNODES=2), got '2'"),
+             ({"CLUSTER_TIME_OUT": "soon"}, "error: CLUSTER_TIME_OUT must be seconds"),
+             ({"BIND_CORE": "maybe"}, "error: BIND_CORE must be true or false, got 'maybe'")]
+    env = {k: "" for k in ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "CLUSTER_TIME_OUT", "BIND_CORE")}
+    for settings, message in cases:
+        p = _run(["bash", SCRIPT, "quickstart_digits", "1", "--ckpt_save_dir", "out"], cwd=tmp_path,
+                 env=dict(env, **settings), timeout=60)
+        assert p.returncode == 2 and p.stderr.strip().splitlines() == [p.stderr.strip()], (settings, p.stderr)
+        assert p.stderr.strip().startswith(message), (settings, p.stderr)
+    assert os.listdir(tmp_path) == []
+
+
+def test_two_nodes_on_localhost_train_as_one_world(digits, tmp_path):
+    """Two launchers with NNODES=2, NODE_RANK 0 and 1, one worker each and the same MASTER_ADDR and
+    MASTER_PORT make one world of 2 with identical replicas; node 1 starts no second scheduler (on
+    one host msrun would start one per launcher, and node 1's run failed)."""
+    import socket
+    from conftest import assert_identical_replicas
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    out = tmp_path / "out"
+    cmd = ["bash", SCRIPT, "quickstart_digits", "1", "--data_dir", digits, "--ckpt_save_dir", str(out),
+           "--model_kwargs", TINY_KWARGS, "--num_samples", "64", "--epoch_size", "1", "--bn_recalibrate_epochs", "0",
+           "--log_interval", "1"]
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               NNODES="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, CLUSTER_TIME_OUT="300")
+    nodes = []
+    for rank in (0, 1):
+        log = open(tmp_path / f"node{rank}.txt", "w")   # files, not pipes: msrun writes a lot and must never block
+        nodes.append((subprocess.Popen(cmd, cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT, text=True,
+                                       env=dict(env, NODE_RANK=str(rank)), start_new_session=True), log))
+    try:
+        codes = [proc.wait(timeout=600) for proc, _ in nodes]
+    finally:
+        for proc, log in nodes:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            log.close()
+    texts = [(tmp_path / f"node{rank}.txt").read_text() for rank in (0, 1)]
+    assert codes == [0, 0], [t[-3000:] for t in texts]
+    assert "== msrun: 2 node(s) x 1 worker(s), node rank 1" in texts[1]
+    summary = assert_identical_replicas(out)
+    assert summary["world_size"] == 2 and summary["global_batch"] == 64 and summary["steps"] == 2, summary
+    assert json.loads(texts[0].strip().splitlines()[-1])["world_size"] == 2   # node 0 prints the summary

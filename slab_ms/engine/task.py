@@ -4,7 +4,7 @@
 import sys
 
 from ..errors import ConfigError
-from ..models.registry import list_models
+from ..models.registry import is_model, list_models, unknown_model_error
 from .config import _unknown, build_parser, load_config, parse_args, run_splits
 from .data import check_image_folder
 from .lm_trainer import LMRun, lm_config, load_text, validate_lm_checkpoint
@@ -41,7 +41,9 @@ def validate_checkpoint(cfg, split=None, use_ema=False, reparam=False):
 def check_data(cfg):
     """What the launch scripts check before starting workers: the splits' folders and class count of
     an image run (not the image contents); a text run's corpus, tokenised once here so that the
-    workers find the cache."""
+    workers find the cache. An unknown model name is refused first."""
+    if not is_model(cfg.model):
+        raise unknown_model_error(cfg.model)
     if is_language_config(cfg):
         load_text(cfg, lm_config(cfg), log=lambda m: print(m, file=sys.stderr))
     else:
@@ -50,22 +52,23 @@ def check_data(cfg):
 
 
 def main(argv=None):
-    """``python -m slab_ms.engine.task CONFIG [--get KEY] [--check-data] [overrides]``: what the launch
+    """``python -m slab_ms.engine.task CONFIG [--get KEY ...] [--check-data] [overrides]``: what the launch
     scripts ask before starting workers (a value; whether the data tree fits the config; for a
     language model, the tokenised corpus, built once here)."""
     def extra(p):
         p.add_argument("config_file", metavar="CONFIG")
-        p.add_argument("--get", metavar="KEY", help="print this key's value")
+        p.add_argument("--get", metavar="KEY", action="append",
+                       help="print this key's value (repeatable: one line each, in order)")
         p.add_argument("--check-data", dest="check_data", action="store_true",
                        help="check the splits' folders and class count (not the image contents)")
     got = parse_args(build_parser(prog="python -m slab_ms.engine.task", description=main.__doc__,
                                   extra=extra), argv)
-    path, key, check = got.pop("config_file"), got.pop("get", None), got.pop("check_data", False)
+    path, keys, check = got.pop("config_file"), got.pop("get", None) or [], got.pop("check_data", False)
     got.pop("config", None)
     cfg = load_config(path, got)
     if check:
         check_data(cfg)
-    if key is not None:
+    for key in keys:
         if key not in cfg:
             raise _unknown(key, "--get")
         print(cfg[key])
