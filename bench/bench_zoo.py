@@ -24,7 +24,10 @@ Per model, in a fresh process (MindSpore keeps its memory pool for the life of a
   ``zoo.json`` also has the first run's time (process start, Build, one Predict).
 
 The 1-minute load average is read before each model (the machine may be shared): it is in the
-table. Writes ``--out`` (markdown) and the same name with ``.json``.
+table. Writes ``--out`` (markdown) and the same name with ``.json``; ``--render`` rewrites the
+markdown from that ``.json`` without measuring. The slab_ms revision recorded is the commit of
+the checkout slab_ms is loaded from (``--revision`` names it when slab_ms comes from elsewhere,
+e.g. a ``git archive`` copy on PYTHONPATH, which keeps a long run off a working tree in flux).
 """
 import argparse
 import datetime
@@ -133,13 +136,26 @@ def machine_info(threads):
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             return None
-    git = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     spec = importlib.util.find_spec("slab_ms")   # locates the package without running it
+    path = list(spec.submodule_search_locations)[0] if spec else None
     return {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu,
             "nproc": os.cpu_count(), "threads": threads, "mindspore": version("mindspore"),
             "onnx": version("onnx"), "python": platform.python_version(),
-            "commit": git.stdout.strip() if git.returncode == 0 else None,
-            "slab_ms_path": list(spec.submodule_search_locations)[0] if spec else None}
+            "revision": revision(path) if path else None, "slab_ms_path": path}
+
+
+def revision(package):
+    """The commit of the git checkout ``package`` (slab_ms's folder) is in, ``+changes`` when its
+    slab_ms/ or bench/ differ from it; None outside a checkout (e.g. a ``git archive`` copy)."""
+    top = os.path.dirname(package)
+
+    def git(*cmd):
+        p = subprocess.run(["git", "-C", top, *cmd], capture_output=True, text=True)
+        return p.stdout.strip() if p.returncode == 0 else None
+    if git("rev-parse", "--show-toplevel") != os.path.realpath(top):
+        return None
+    changed = git("status", "--porcelain", "--", "slab_ms", "bench")
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if changed else "")
 
 
 def last_error(stderr):
@@ -206,19 +222,23 @@ def comparison(rows):
     return "\n".join(lines)
 
 
-def write(args, info, rows, load_end):
+def render(record):
+    """The markdown of a results record (what ``zoo.json`` holds)."""
+    rows, load_end = record["models"], record["load_end"]
     loads = [r["load_before"][0] for r in rows.values()] + [load_end[0]]
-    lite = info["lite"]
-    head = [
+    busy = max(loads) >= record["nproc"]
+    text = [
         "# Model zoo: parameters, GFLOPs and Lite latency",
         "",
-        f"Measured {info['date']} by `python bench/bench_zoo.py {' '.join(args.argv)}`".rstrip() +
-        f" at commit {info['commit']} (slab_ms from `{info['slab_ms_path']}`).",
-        f"Machine: {info['cpu']}, nproc {info['nproc']} (shared with other jobs). MindSpore {info['mindspore']}; "
-        f"MindSpore Lite {lite['version']} C++ runtime through slab_ms/deploy/lite_runner, {info['threads']} threads; "
-        f"onnx {info['onnx']} for the shapes.",
+        f"Measured {record['date']} by `{record['command']}` with slab_ms "
+        f"{record['revision'] or 'of an unrecorded revision'} (loaded from `{record['slab_ms_path']}`).",
+        f"Machine: {record['cpu']}, nproc {record['nproc']} (shared with other jobs). MindSpore "
+        f"{record['mindspore']}; MindSpore Lite {record['lite']['version']} C++ runtime through "
+        f"slab_ms/deploy/lite_runner, {record['threads']} threads; onnx {record['onnx']} for the shapes.",
         f"Load average (1 min) before each model: {min(loads):.2f} to {max(loads):.2f}; at the end "
-        f"{load_end[0]:.2f} / {load_end[1]:.2f} / {load_end[2]:.2f} (1 / 5 / 15 min).",
+        f"{load_end[0]:.2f} / {load_end[1]:.2f} / {load_end[2]:.2f} (1 / 5 / 15 min)." +
+        (" Other processes kept the cores busy (load at or above nproc): the latencies are upper bounds, "
+         "above what the same machine gives idle." if busy else ""),
         "",
         table(rows),
         "",
@@ -231,25 +251,28 @@ def write(args, info, rows, load_end):
         "ops, softmax, reductions and what is left of the norms are not counted.",
         f"- Lite b1 latency: the fused model exported with a dynamic batch (`build_for_export(reparam=True, "
         f"dynamic_batch=True)`, `export_model(mindir_compat=\"2.0\")`) run by the Lite C++ runner at batch 1: "
-        f"its mean Predict time over {args.repeats} calls after a first one, "
-        f"median of {args.rounds} runner processes, and the fastest of them (less moved by other jobs on a shared "
-        "machine). The first run (process start, Build, one Predict) is "
-        "`lite_first_run_s` in `zoo.json`.",
+        f"its mean Predict time over {record['repeats']} calls after a first one, median of {record['rounds']} "
+        "runner processes, and the fastest of them (less moved by other jobs on a shared machine). The first "
+        "run (process start, Build, one Predict) is `lite_first_run_s` in `zoo.json`.",
         "",
         "## Against the published figures of the unmodified architectures",
         "",
         comparison(rows),
         "",
     ]
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(head))
-    stem = os.path.splitext(args.out)[0]
-    with open(stem + ".json", "w") as f:
-        json.dump({**info, "repeats": args.repeats, "rounds": args.rounds, "image_size": SIZE,
-                   "load_end": load_end, "models": rows}, f, indent=2)
+    return "\n".join(text)
+
+
+def write(out, record):
+    """``out`` (markdown) and the same name with ``.json``; returns the markdown."""
+    text = render(record)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+        json.dump(record, f, indent=2)
         f.write("\n")
-    return "\n".join(head)
+    return text
 
 
 def package_facts():
@@ -271,12 +294,22 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3, help="runner processes per model (median)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds for one model's export process")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "zoo.md"))
+    p.add_argument("--render", action="store_true",
+                   help="measure nothing: rewrite --out from the .json next to it (with --revision if given)")
+    p.add_argument("--revision", help="the slab_ms revision measured, when slab_ms is not loaded from a git "
+                                      "checkout (default: that checkout's commit)")
     p.add_argument("--job", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.job:
         print(json.dumps(export_job(args.job, args.folder)))
+        return 0
+    if args.render:
+        with open(os.path.splitext(args.out)[0] + ".json") as f:
+            record = json.load(f)
+        if args.revision:
+            record["revision"] = args.revision
+        print(write(args.out, record))
         return 0
     from _lite import lite_version
     known, runner = package_facts()
@@ -286,8 +319,11 @@ def main(argv=None):
     unknown = [m for m in names if m not in known]
     if unknown:
         p.error(f"not a classification model of slab_ms.list_models(): {', '.join(unknown)}")
-    info = machine_info(args.threads)
-    info["lite"] = {"version": lite_version(runner) or "unknown", "runner": runner}
+    command = " ".join(["python bench/bench_zoo.py", *(sys.argv[1:] if argv is None else argv)])
+    record = {**machine_info(args.threads), "command": command, "repeats": args.repeats, "rounds": args.rounds,
+              "image_size": SIZE, "lite": {"version": lite_version(runner) or "unknown", "runner": runner}}
+    if args.revision:
+        record["revision"] = args.revision
     rows = {}
     for name in names:
         rows[name] = measure(name, args, runner)
@@ -295,7 +331,8 @@ def main(argv=None):
         print(f"{name}: " + (r["error"] if "error" in r else
                              f"{r['params_trainable'] / 1e6:.2f} M, {r['gflops']:.3f} GFLOPs, "
                              f"{r['lite_b1_ms']:.1f} ms (load {r['load_before'][0]:.2f})"), flush=True)
-    print(write(args, info, rows, list(os.getloadavg())))
+    record.update(load_end=list(os.getloadavg()), models=rows)
+    print(write(args.out, record))
     return 0
 
 
