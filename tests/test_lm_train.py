@@ -124,6 +124,10 @@ def test_lm_run_resume_fold_and_generate(corpus, tmp_path):
     assert plain["perplexity"] == pytest.approx(summary["val_ppl"], rel=1e-5)
     assert fused["reparam"] and fused["folded"] == "all" and fused["tokens"] == plain["tokens"]
     assert fused["perplexity"] == pytest.approx(plain["perplexity"], rel=1e-4)
+    # best.ckpt is the best model the run made: validate.py on it gives best_val_ppl, no worse than final
+    best = last_json(run(val[:-1] + [str(full / "best.ckpt")]))
+    assert best["perplexity"] == pytest.approx(summary["best_val_ppl"], rel=1e-5)
+    assert best["perplexity"] <= plain["perplexity"] * (1 + 1e-6)
 
     # generate.py samples from the training checkpoint (its .config.json rebuilds the model)
     g = last_json(run([sys.executable, os.path.join(ROOT, "generate.py"), "--ckpt", str(full / "final.ckpt"),

@@ -230,6 +230,7 @@ class LMRun(Run):
         last = history["epochs"][-1] if history["epochs"] else {}
         ppl, val_loss = last.get("val_ppl"), last.get("val_loss")
         recal = self.recalibrate()
+        best_recalibrated = False
         if recal:
             before = ppl
             ppl, val_loss, _ = self.evaluate()
@@ -237,6 +238,7 @@ class LMRun(Run):
                         + (f" (was {before:.3f})" if before else ""))
             if history["epochs"]:
                 history["epochs"][-1] = dict(last, recalibrated_val_ppl=ppl, recalibrated_val_loss=val_loss)
+            best_recalibrated = self._keep_if_best(val_loss)
         rates = [e["tokens_per_second"] for e in history["epochs"] if e.get("tokens_per_second")]
         digest = parameter_digest(self.net)
         logger.info(f"parameter digest {digest}")   # every rank logs it: data-parallel replicas must agree
@@ -244,6 +246,7 @@ class LMRun(Run):
         summary = {
             "model": cfg.model, "task": "language", "val_ppl": ppl, "val_loss": val_loss,
             "best_val_ppl": math.exp(best) if best is not None else None, "best_epoch": self.meta["best_epoch"],
+            "best_recalibrated": best_recalibrated,
             "epochs": self.epochs, "steps": self.meta["step"], "world_size": self.world,
             "prepbn_lambda": current_lambda(self.net) if self.has_prepbn else None,
             "norm": self.net.config["norm"], "tokens_per_second": float(np.mean(rates)) if rates else None,
@@ -256,6 +259,22 @@ class LMRun(Run):
         if self.rank == 0:
             self.write_sidecar(os.path.join(self.out, "final.ckpt"))
         return self._write_final(summary, f"{cfg.model} ({self.world} x {cfg.batch_size} x {cfg.seq_length} tokens)")
+
+    def _keep_if_best(self, val_loss):
+        """After BN recalibration: the recalibrated model becomes best.ckpt (with its .config.json)
+        unless an epoch validated lower before it, as the image run does. Returns whether it did."""
+        best = self.meta.get("best_val_loss")
+        if best is not None and val_loss > best:
+            logger.info(f"best.ckpt stays epoch {self.meta['best_epoch']} (val loss {best:.4f}, below the "
+                        "recalibrated model's)")
+            return False
+        self.meta["best_val_loss"], self.meta["best_epoch"] = val_loss, self.meta["epoch"]
+        if self.rank == 0:
+            path = os.path.join(self.out, "best.ckpt")
+            self.write_sidecar(path)
+            state.save_state(path, self.training_state())
+            logger.info(f"best.ckpt: the recalibrated model (val loss {val_loss:.4f})")
+        return True
 
     def fit(self):
         self.start()
