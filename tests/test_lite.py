@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import mindspore as ms
+from mindspore.train import mind_ir_pb2
 
 from slab_ms.deploy import LiteCppRunner, LiteRunnerError, build_for_export, default_lite_runner, export_model
 from slab_ms.engine import data as data_lib
@@ -67,9 +68,13 @@ def _infer(*args, env=None):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_lite_runtime_gives_mindspores_logits(name, tmp_path):
     """A file run (lite_runner MODEL IN.npy OUT.npy) and one serving process (--serve, what infer.py uses)
-    that resizes between batches of 1 and 3 give MindSpore's logits."""
+    that resizes between batches of 1 and 3 give MindSpore's logits; every BiasAdd (random biases) is
+    folded into its MatMul or conv."""
     model_file = str(tmp_path / f"{name}.mindir")
     net = _export_compat(name, model_file, **SMALL_VARIANTS[name])
+    with open(model_file, "rb") as f:
+        written = mind_ir_pb2.ModelProto.FromString(f.read())
+    assert "BiasAdd" not in {p.op_type for p in written.primitives}   # folded into their MatMul or Conv2D
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((b, 3, 224, 224)).astype(np.float32) for b in (3, 1, 3)]
     p, got = _lite(model_file, xs[0], tmp_path)
@@ -186,7 +191,6 @@ def test_infer_with_a_crashing_runner_is_one_line(digits_lite, tmp_path):
 
 
 def test_compat_rewrite_names_an_unknown_op(tmp_path):
-    from mindspore.train import mind_ir_pb2
     src = str(tmp_path / "m.mindir")
     export_model(*build_for_export("slab_deit_tiny", overrides=SMALL_VARIANTS["slab_deit_tiny"], dynamic_batch=True,
                                    reparam=True), src)

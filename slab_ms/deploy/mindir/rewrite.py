@@ -6,7 +6,8 @@ attributes, and ops Lite 2.0 does not know are mapped to their 2.0 equivalents
 The rewrite is a table, RULES (rules.py): one entry per op type. An op not in the table is a
 one-line error. Shapes are inferred at batch 1 and 2 (shapes.py) so that reshapes computed in the
 graph become constants with -1 for the batch (Lite 2.0 cannot run 2.10's Shape ops), and a few
-forms Lite 2.0's CPU kernels get wrong are rewritten (see the rules' docstrings).
+forms Lite 2.0's CPU kernels get wrong are rewritten (see the rules' docstrings). A BiasAdd after a
+MatMul or Conv2D becomes their bias input (:func:`_fold_bias_adds`).
 """
 from .context import GraphContext
 from .errors import CompatError
@@ -24,7 +25,9 @@ def rewrite(model):
     for node in list(model.graph.node):
         if node.op_type != "Constant":
             _apply_rule(ctx, node)
-    nodes = _reachable(_new_node_order(model, ctx), model.graph.output)
+    nodes = _new_node_order(model, ctx)
+    _fold_bias_adds(ctx, nodes, model.graph.output)
+    nodes = _reachable(nodes, model.graph.output)
     _check_no_shape_computation_left(ctx, nodes)
     _replace_nodes(model, ctx, nodes)
     model.mind_ir_version = 1
@@ -67,6 +70,48 @@ def _apply_rule(ctx, node):
     del node.input[:]
     node.input.extend(inputs)
     node.op_type = primitive_ref(ctx.primitive(op, primitive, attrs))
+
+
+# ops whose Lite 2.0 kernel adds a bias given as a third input (MatMul runs as MatMulFusion, Conv2D as
+# Conv2DFusion); BiasAdd over their channel dim (1, NCHW) folds into them
+BIAS_TAKERS = ("MatMul", "Conv2D")
+
+
+def _fold_bias_adds(ctx, nodes, graph_outputs):
+    """BiasAdd(MatMul(x, w), b) becomes MatMul(x, w, b), and BiasAdd(Conv2D(x, w), b) Conv2D(x, w, b),
+    where the BiasAdd alone reads the product: Lite 2.0 runs the bias inside the MatMul or conv
+    kernel instead of as one more pass over the output (every nn.Dense and biased conv exports
+    as such a pair; bench/bench_lite_ort.py measured the separate BiasAdd kernels at about 5% of a
+    model's time). The BiasAdd node takes the product's primitive and inputs; the product's node is
+    then unreachable and dropped. Values are unchanged (the same sum, in the kernel)."""
+    primitives = dict(ctx.primitives)
+    primitives.update((p.name, p) for p in ctx.new_primitives.values())
+    producers = {out: n for n in nodes for out in n.output}
+    readers = {}
+    for n in nodes:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
+    for out in graph_outputs:
+        readers[out.name] = readers.get(out.name, 0) + 1
+
+    def op_of(node):
+        return primitives[primitive_name(node)].op_type if node is not None and is_primitive_call(node) else None
+
+    for node in nodes:
+        if op_of(node) != "BiasAdd" or ctx.original_op(node) != "BiasAdd":
+            continue
+        product, bias, data_format = ctx.original_inputs(node)
+        producer = producers.get(product)
+        if op_of(producer) not in BIAS_TAKERS or readers.get(product) != 1 or len(producer.input) != 2:
+            continue
+        if ctx.constant(data_format) != 0:   # NCHW: the bias runs along dim 1, as in both kernels
+            continue
+        if op_of(producer) == "MatMul" and ctx.rank(product) != 2:
+            continue
+        inputs = list(producer.input) + [bias]
+        del node.input[:]
+        node.input.extend(inputs)
+        node.op_type = producer.op_type
 
 
 def _new_node_order(model, ctx):
