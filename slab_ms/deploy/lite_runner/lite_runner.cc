@@ -6,7 +6,8 @@
 // Model::Resize. OUT.npy: the first model output, float32. Prints one JSON line {"input_shape":..,
 // "output_shape":..} (with --repeat N, "predict_ms" and "predict_ms_median": the mean and the median of N
 // timed Predict calls after the first; with --profile, "profile": per op type, ms per Predict and kernels
-// per Predict, from Lite's kernel callbacks, over max(N, 1) more calls).
+// per Predict, and the 30 slowest (type, node name) pairs, from Lite's kernel callbacks, over max(N, 1) more
+// calls; a kernel Lite adds, such as a layout Transpose, carries the name of the node it serves).
 // --serve: the model is built once, then batches are read from stdin and answered on stdout until stdin
 // ends (exit 0). All integers little endian:
 //   request:  "SLAB" u32 ndim, ndim x i64 dims, prod(dims) x f32 (C order)
@@ -190,6 +191,7 @@ const float *FirstOutput(const std::vector<mindspore::MSTensor> &outputs) {
 std::string Profile(mindspore::Model *model, const std::vector<mindspore::MSTensor> &inputs, int runs) {
   struct Stat { double ms = 0; int64_t kernels = 0; };
   std::map<std::string, Stat> by_type;
+  std::map<std::string, std::pair<std::string, double>> by_node;  // "type name" -> (type, ms)
   std::map<std::string, std::chrono::steady_clock::time_point> started;
   mindspore::MSKernelCallBack before = [&](const std::vector<mindspore::MSTensor> &,
                                            const std::vector<mindspore::MSTensor> &,
@@ -203,8 +205,12 @@ std::string Profile(mindspore::Model *model, const std::vector<mindspore::MSTens
     auto it = started.find(op.node_name);
     if (it != started.end()) {
       auto &s = by_type[op.node_type];
-      s.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - it->second).count();
+      double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - it->second).count();
+      s.ms += ms;
       s.kernels += 1;
+      auto &n = by_node[op.node_type + " " + op.node_name];  // names repeat: a kernel Lite inserts has its node's
+      n.first = op.node_type;
+      n.second += ms;
     }
     return true;
   };
@@ -222,7 +228,17 @@ std::string Profile(mindspore::Model *model, const std::vector<mindspore::MSTens
       << ", \"kernels\": " << kv.second.kernels / runs << "}";
     first = false;
   }
-  j << "}}";
+  j << "}, \"slowest\": [";
+  std::vector<std::pair<double, std::string>> nodes;
+  for (auto &kv : by_node) nodes.emplace_back(kv.second.second / runs, kv.first);
+  std::sort(nodes.rbegin(), nodes.rend());
+  for (size_t i = 0; i < nodes.size() && i < 30; ++i) {
+    std::string name;
+    for (char c : nodes[i].second) if (c != '"' && c != '\\') name += c;
+    j << (i ? ", " : "") << "[\"" << name << "\", \"" << by_node[nodes[i].second].first << "\", " << nodes[i].first
+      << "]";
+  }
+  j << "]}";
   return j.str();
 }
 
