@@ -150,6 +150,7 @@ def test_infer_matches_the_validation_pipeline(tiny_export, tmp_path):
         np.testing.assert_allclose([q for _, q in r["top"]], np.sort(pr)[::-1][:5], atol=1e-5)
     with open(out) as f:
         assert json.load(f) == result
+    assert 0 < result["seconds"]["first_result"] <= result["seconds"]["last_result"]
 
 
 def test_infer_skips_and_counts_undecodable_images(tiny_export, tmp_path):

@@ -7,15 +7,17 @@ written with ``export.py --mindir-compat 2.0``), or MindSpore's own MindIR runti
 (``mindspore``, nn.GraphCell); ``auto`` takes the first that can run the file and says which.
 Preprocessing is validate.py's evaluation transform with the values recorded by export.py next
 to the model (``X.mindir.json``), or from ``--config``.
-Prints the top-5 classes with probabilities per image, then one JSON line (per-file predictions
-in ``predictions``; ``--output`` writes it to a file too). An image that cannot be decoded is
-skipped, named on stderr and counted (``bad_images``, ``skipped``), as validate.py does;
-``--strict`` stops at it instead. Every error is one line naming the file it is about.
+Prints the top-5 classes with probabilities per image, then one JSON line: per-file predictions
+in ``predictions`` (``--output`` writes the record to a file too), and in ``seconds`` when the
+first and the last results came, counted from the start after the imports. An image that cannot
+be decoded is skipped, named on stderr and counted (``bad_images``, ``skipped``), as validate.py
+does; ``--strict`` stops at it instead. Every error is one line naming the file it is about.
 """
 import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -35,6 +37,7 @@ def main(argv=None):
                         "slab_ms/deploy/lite_runner (scripts/get_lite.sh); mindspore: nn.GraphCell; auto: the first "
                         "that can run the file")
     p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--threads", type=int, help="Lite C++ runner threads (default: the CPU count, at most 8)")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--quiet", action="store_true", help="only the JSON line, no line per image")
     p.add_argument("--strict", action="store_true",
@@ -43,14 +46,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     from ..deploy import check_model_file, classify, list_images, load_meta, make_runner
     from ..io import write_json
-    runner = None
+    runner, started, first, last = None, time.perf_counter(), None, None
     try:
-        if args.batch_size < 1 or args.top < 1:
-            raise errors.ConfigError("--batch_size and --top must be at least 1")
+        if args.batch_size < 1 or args.top < 1 or (args.threads is not None and args.threads < 1):
+            raise errors.ConfigError("--batch_size, --top and --threads must be at least 1")
         check_model_file(args.model_file)
         meta = load_meta(args.model_file, args.config)
         paths = list_images(args.images)
-        runner, why = make_runner(args.model_file, args.device, args.runtime, meta)
+        runner, why = make_runner(args.model_file, args.device, args.runtime, meta, args.threads)
         print(f"runtime: {runner.name} ({args.device})" + (f"; {why}" if why else ""), flush=True)
         results, skipped = [], []
         strict = args.strict or os.path.isfile(args.images)   # one image: its failure is the error
@@ -60,6 +63,8 @@ def main(argv=None):
                 print(f"warning: {r['image']}: {r['error']}; skipped", file=sys.stderr)
                 continue
             results.append(r)
+            last = time.perf_counter() - started
+            first = last if first is None else first
             if not args.quiet:
                 print(f"{r['image']}: " + ", ".join(f"{lab} {100 * pr:.1f}%" for lab, pr in r["top"]))
         if not results:   # nothing to report: an error naming (the first) file
@@ -78,7 +83,8 @@ def main(argv=None):
     if classes and all(f in classes for f in folders):   # images sorted into class folders: score them
         summary["folder_top1"] = float(np.mean([r["top"][0][0] == f for r, f in zip(results, folders)]))
     summary.update(top1=[r["top"][0][0] for r in results], top1_prob=[r["top"][0][1] for r in results],
-                   predictions=results, skipped=skipped)
+                   predictions=results, skipped=skipped,
+                   seconds={"first_result": round(first, 4), "last_result": round(last, 4)})
     if args.output:
         try:
             write_json(args.output, summary)
