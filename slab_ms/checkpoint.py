@@ -9,7 +9,7 @@ import mindspore as ms
 from mindspore import nn
 
 from .io import atomic_write
-from .errors import CheckpointError, summarize_names
+from .errors import WRONG_BUFFERS, CheckpointError, name_problems
 
 
 def read_ms_checkpoint(path):
@@ -111,15 +111,8 @@ def adapt_official_ms(params, net):
     for name, _ in net.parameters_and_names():
         if name.endswith(".num_batches_tracked") and name not in out:
             out[name] = np.asarray(OFFICIAL_MS_NUM_BATCHES_TRACKED, np.int64)
-    problems = []
-    if missing:
-        problems.append(summarize_names("computed buffers missing", missing))
-    if unexpected:
-        problems.append(summarize_names("buffers the model does not compute", unexpected))
-    if differ:
-        problems.append(summarize_names("buffers that differ from what the model computes (window size or "
-                                 "resolution differ?)", differ))
-    return out, problems
+    return out, name_problems(("computed buffers missing", missing),
+                              ("buffers the model does not compute", unexpected), (WRONG_BUFFERS, differ))
 
 
 def load_param_dict(net, params, what="checkpoint"):

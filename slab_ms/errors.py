@@ -19,6 +19,14 @@ class TrainingError(SlabError, RuntimeError):
     """A run that cannot go on: a diverged loss, or resume state that does not line up with the run."""
 
 
+WRONG_BUFFERS = "buffers that differ from what the model computes (window size or resolution differ?)"
+
+
+def name_problems(*groups: tuple) -> list:
+    """:func:`summarize_names` of each ``(kind, names)`` group that has names."""
+    return [summarize_names(kind, names) for kind, names in groups if names]
+
+
 def summarize_names(kind: str, names: list, limit: int = 8) -> str:
     """``"<n> <kind>: a, b, ... (+k more)"``: a list of names inside a one-line message."""
     more = f" (+{len(names) - limit} more)" if len(names) > limit else ""

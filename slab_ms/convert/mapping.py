@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..errors import CheckpointError, summarize_names
+from ..errors import WRONG_BUFFERS, CheckpointError, name_problems
 
 # MindSpore suffix -> PyTorch suffix (LayerNorm and BatchNorm); every other name is identical.
 MS_TO_TORCH_SUFFIX = {
@@ -79,17 +79,8 @@ def torch_to_ms(net, torch_sd, what="checkpoint"):
         elif not np.array_equal(value, buffer):
             wrong_buffers.append(tname)
     unexpected = [k for k in torch_sd if k not in used]
-    problems = []
-    if missing:
-        problems.append(summarize_names("missing keys", missing))
-    if unexpected:
-        problems.append(summarize_names("unexpected keys", unexpected))
-    if mismatched:
-        problems.append(summarize_names("shape mismatches", mismatched))
-    if wrong_buffers:
-        problems.append(summarize_names("buffers that differ from what the model computes (window size or "
-                                   "resolution differ?)", wrong_buffers))
-    _raise_if(problems, what)
+    _raise_if(name_problems(("missing keys", missing), ("unexpected keys", unexpected),
+                            ("shape mismatches", mismatched), (WRONG_BUFFERS, wrong_buffers)), what)
     return out
 
 
@@ -113,14 +104,8 @@ def ms_to_torch(net, ms_params, what="checkpoint"):
             continue
         out[tname] = value
     unexpected = [k for k in ms_params if k not in used]
-    problems = []
-    if missing:
-        problems.append(summarize_names("missing parameters", missing))
-    if unexpected:
-        problems.append(summarize_names("unexpected parameters", unexpected))
-    if mismatched:
-        problems.append(summarize_names("shape mismatches", mismatched))
-    _raise_if(problems, what)
+    _raise_if(name_problems(("missing parameters", missing), ("unexpected parameters", unexpected),
+                            ("shape mismatches", mismatched)), what)
     return out
 
 
