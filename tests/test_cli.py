@@ -125,7 +125,7 @@ def test_wheel_installs_package_configs_and_console_scripts(installed):
     p = _run([str(bin_dir / "python"), "-c", "import slab_ms, os; print(os.path.dirname(slab_ms.__file__))"],
              cwd=work)
     assert p.stdout.strip().startswith(str(bin_dir.parent)) and not p.stdout.strip().startswith(ROOT), p.stdout
-    for tool in ("train", "validate", "convert", "export", "generate"):
+    for tool in TOOLS:
         p = _run([str(bin_dir / f"slab-{tool}"), "--help"], cwd=work)
         assert p.returncode == 0 and p.stdout.startswith(f"usage: slab-{tool} "), (tool, p.stdout[:200],
                                                                                   p.stderr[-1000:])

@@ -90,13 +90,16 @@ def test_onnx_runs_under_onnxruntime(mini_ckpt, tmp_path):
 
 def test_export_refuses_bad_requests(mini_ckpt, tmp_path):
     base = [sys.executable, os.path.join(ROOT, "export.py"), "--model", "slab_swin_tiny", "--ckpt_path", mini_ckpt]
-    cases = [(["--format", "ONNX", "--dynamic-batch", "--output", str(tmp_path / "a.onnx")], "no dynamic shapes"),
-             (["--output", str(tmp_path / "a.onnx")], "must end with .mindir"),
-             (["--output", str(tmp_path / "a.mindir")], "does not fit"),   # full-size model, mini checkpoint
-             (["--model", "nope", "--output", str(tmp_path / "b.mindir")], "unknown model")]
-    for extra, pattern in cases:
+    # a bad flag exits 2, a checkpoint that does not fit 1 (as train.py and validate.py)
+    cases = [(["--format", "ONNX", "--dynamic-batch", "--output", str(tmp_path / "a.onnx")], "no dynamic shapes", 2),
+             (["--output", str(tmp_path / "a.onnx")], "must end with .mindir", 2),
+             (["--output", str(tmp_path / "a.mindir"), "--batch", "0"], "--batch must be >= 1", 2),
+             (["--output", str(tmp_path / "a.mindir")], "does not fit", 1),   # full-size model, mini checkpoint
+             (["--model", "nope", "--output", str(tmp_path / "b.mindir")], "unknown model", 2)]
+    for extra, pattern, code in cases:
         p = subprocess.run(base + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert p.returncode == 1 and pattern in p.stderr.strip().splitlines()[-1], p.stderr[-1500:]
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == code and len(lines) == 1 and pattern in lines[0], (extra, p.returncode, p.stderr[-1500:])
         assert not any(f.suffix in (".mindir", ".onnx") for f in tmp_path.iterdir())
 
 
@@ -239,5 +242,6 @@ def test_infer_refuses_bad_input(tmp_path):
     for extra, pattern in cases:
         p = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), *extra], cwd=ROOT, capture_output=True,
                            text=True, timeout=300)
-        assert p.returncode == 1 and pattern in p.stderr.strip().splitlines()[-1], p.stderr[-1500:]
+        code = 2 if "--batch_size" in extra else 1   # a bad flag exits 2, a bad file 1
+        assert p.returncode == code and pattern in p.stderr.strip().splitlines()[-1], p.stderr[-1500:]
         assert "Traceback" not in p.stderr

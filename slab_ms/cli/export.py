@@ -56,8 +56,7 @@ def main(argv=None):
         meta = export_model(net, meta, args.output, force=args.force, verify=args.verify,
                             mindir_compat=args.mindir_compat)
     except (errors.SlabError, ValueError) as e:
-        report(e)
-        return 1
+        return report(e)   # 2 for a bad flag or config, 1 for anything else
     keys = ("model", "format", "reparameterized", "input_shape", "norms_left", "verify_max_abs_diff", "mindir_compat")
     print(json.dumps({"output": args.output, **{k: meta[k] for k in keys if k in meta}}))
     return 0

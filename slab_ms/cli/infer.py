@@ -22,11 +22,11 @@ import time
 import numpy as np
 
 from .. import errors
-from . import report
+from . import prog, report
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="infer.py", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog("infer.py"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_file", required=True, help="a .mindir from export.py")
     p.add_argument("--images", required=True, help="an image or a folder of images")
@@ -46,10 +46,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     from ..deploy import check_model_file, classify, list_images, load_meta, make_runner
     from ..io import write_json
+    if args.batch_size < 1 or args.top < 1 or (args.threads is not None and args.threads < 1):
+        return report(errors.ConfigError("--batch_size, --top and --threads must be at least 1"))   # a flag: 2
     runner, started, first, last = None, time.perf_counter(), None, None
     try:
-        if args.batch_size < 1 or args.top < 1 or (args.threads is not None and args.threads < 1):
-            raise errors.ConfigError("--batch_size, --top and --threads must be at least 1")
         check_model_file(args.model_file)
         meta = load_meta(args.model_file, args.config)
         paths = list_images(args.images)
