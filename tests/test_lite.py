@@ -19,6 +19,8 @@ from slab_ms.deploy import LiteCppRunner, LiteRunnerError, build_for_export, def
 from slab_ms.engine import data as data_lib
 from slab_ms.deploy.mindir import CompatError, convert_file
 
+from slab_ms.layers.common import GELU, GELU_LOGIT_COEFFS
+
 from conftest import ROOT, SMALL_VARIANTS, randomize_ms, rel_err, tiny_digits_model
 
 RUNNER = default_lite_runner()
@@ -69,12 +71,16 @@ def _infer(*args, env=None):
 def test_lite_runtime_gives_mindspores_logits(name, tmp_path):
     """A file run (lite_runner MODEL IN.npy OUT.npy) and one serving process (--serve, what infer.py uses)
     that resizes between batches of 1 and 3 give MindSpore's logits; every BiasAdd (random biases) is
-    folded into its MatMul or conv."""
+    folded into its MatMul or conv, and every GELU is one GeLU kernel."""
     model_file = str(tmp_path / f"{name}.mindir")
     net = _export_compat(name, model_file, **SMALL_VARIANTS[name])
     with open(model_file, "rb") as f:
         written = mind_ir_pb2.ModelProto.FromString(f.read())
-    assert "BiasAdd" not in {p.op_type for p in written.primitives}   # folded into their MatMul or Conv2D
+    ops = {p.name: p.op_type for p in written.primitives}
+    assert "BiasAdd" not in ops.values()   # folded into their MatMul or Conv2D
+    gelus = sum(isinstance(c, GELU) for _, c in net.cells_and_names())
+    assert gelus and [ops.get(n.op_type[len("REF::"):]) for n in written.graph.node].count("GeLU") == gelus
+    assert "Sigmoid" not in ops.values()
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((b, 3, 224, 224)).astype(np.float32) for b in (3, 1, 3)]
     p, got = _lite(model_file, xs[0], tmp_path)
@@ -88,6 +94,43 @@ def test_lite_runtime_gives_mindspores_logits(name, tmp_path):
             assert got.shape == want.shape and rel_err(got, want) < 1e-5, (x.shape, rel_err(got, want))
         assert runner._proc.pid == pid and runner.batches == 3
     assert runner._proc is None
+
+
+class _OtherPolynomial(GELU):
+    """The same chain with one coefficient changed: not the GELU, so not fused."""
+
+    def __init__(self):
+        super().__init__()
+        self.coeffs = GELU_LOGIT_COEFFS[:3] + (GELU_LOGIT_COEFFS[3] * 1.01,) + GELU_LOGIT_COEFFS[4:]
+
+
+class _Branches(ms.nn.Cell):
+    """Our GELU, a near-miss polynomial, and a GELU whose x*x is read outside the chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.gelu, self.other, self.shared = GELU(), _OtherPolynomial(), GELU()
+
+    def construct(self, x):
+        y = x * 0.5   # (MindSpore merges equal subexpressions: each chain gets an input of its own)
+        return self.gelu(x) + self.other(x + 1.0) + self.shared(y) + y * y
+
+
+def test_gelu_fusion_takes_only_the_exact_chain(tmp_path):
+    """The Lite 2.0 rewrite turns the GELU's polynomial chain into one GeLU(approximate=False), and leaves
+    a chain with another coefficient, or one whose intermediate is read elsewhere, as it is."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    src, dst = str(tmp_path / "b.mindir"), str(tmp_path / "b20.mindir")
+    ms.export(_Branches(), ms.Tensor(shape=[None, 8], dtype=ms.float32), file_name=src[:-len(".mindir")],
+              file_format="MINDIR")
+    convert_file(src, dst)
+    with open(dst, "rb") as f:
+        written = mind_ir_pb2.ModelProto.FromString(f.read())
+    ops = {p.name: p for p in written.primitives}
+    called = [ops[n.op_type[len("REF::"):]] for n in written.graph.node if n.op_type.startswith("REF::")]
+    gelus = [p for p in called if p.op_type == "GeLU"]
+    assert len(gelus) == 1 and [(a.name, a.i) for a in gelus[0].attribute] == [("approximate", 0)]
+    assert [p.op_type for p in called].count("Sigmoid") == 2   # the two that must stay
 
 
 @pytest.fixture(scope="module")
