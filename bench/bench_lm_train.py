@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 
-from timing import timed  # same directory: the benchmarks' one timing rule (imports no framework)
+from timing import cpu_model, timed  # same directory: the benchmarks' one timing rule (imports no framework)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -206,12 +206,7 @@ def _fmt(v, spec):
 
 
 def machine_line(threads):
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    except OSError:
-        pass
+    model = cpu_model()
     policy = os.environ.get("OMP_WAIT_POLICY")   # children inherit it; say so when set
     return f"{model}, {os.cpu_count()} cores, {threads} threads" + (f", OMP_WAIT_POLICY={policy}" if policy else "")
 

@@ -44,6 +44,8 @@ import sys
 import tempfile
 import time
 
+from timing import cpu_model  # same directory (imports no framework)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 224
 
@@ -124,12 +126,7 @@ def export_job(name, folder):
 
 # ------------------------------------------------------------------------------------------ driver
 def machine_info(threads):
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
 
     def version(dist):
         try:

@@ -18,3 +18,15 @@ def timed(fn, repeats, warmup=1):
         fn()
         runs.append(time.perf_counter() - t)
     return first, statistics.median(runs)
+
+
+def cpu_model():
+    """The CPU's name from /proc/cpuinfo (``platform.processor()`` elsewhere), for a result's machine line."""
+    import platform
+    name = platform.processor() or platform.machine() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    return name
