@@ -229,7 +229,7 @@ def render(record):
         "",
         f"Measured {record['date']} by `{record['command']}` with slab_ms "
         f"{record['revision'] or 'of an unrecorded revision'} (loaded from `{record['slab_ms_path']}`).",
-        f"Machine: {record['cpu']}, nproc {record['nproc']} (shared with other jobs). MindSpore "
+        f"Machine: {record['cpu']}, nproc {record['nproc']}{' (shared with other jobs)' if busy else ''}. MindSpore "
         f"{record['mindspore']}; MindSpore Lite {record['lite']['version']} C++ runtime through "
         f"slab_ms/deploy/lite_runner, {record['threads']} threads; onnx {record['onnx']} for the shapes.",
         f"Load average (1 min) before each model: {min(loads):.2f} to {max(loads):.2f}; at the end "
