@@ -12,6 +12,7 @@ one GeLU kernel (:func:`_fuse_gelus`).
 """
 import struct
 
+from ...layers.common import GELU_LOGIT_COEFFS
 from .context import GraphContext
 from .errors import CompatError
 from .proto import is_primitive_call, primitive_name, primitive_ref, read_model, write_model
@@ -173,12 +174,11 @@ def _fuse_gelus(ctx, nodes, graph_outputs):
     float32, every intermediate read by the chain alone. The last Mul takes GeLU and x; the rest is
     then unreachable and dropped. Both compute the erf GELU to float32 accuracy (the polynomial is
     within 5.9e-7 of it)."""
-    from ...layers.common import GELU_LOGIT_COEFFS   # imported here: the rewrite needs no MindSpore otherwise
     coeffs = list(GELU_LOGIT_COEFFS)
     index = _Index(ctx, nodes, graph_outputs)
     product = ("Mul", "Muls")
     for node in nodes:
-        if node.name not in ctx.original or ctx.original_op(node) != "Mul" or len(ctx.original_inputs(node)) != 2:
+        if not node.output or index.original(node.output[0], ("Mul",)) is not node:
             continue
         chain = _gelu_input(ctx, index, node, coeffs, product)
         if chain is None:
