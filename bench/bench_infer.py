@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 
-from timing import cpu_model  # same directory (imports no framework)
+from timing import cpu_model, shared_note  # same directory (imports no framework)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -225,7 +225,7 @@ def main(argv=None):
     machine = machine_line(args.threads)
     lines = ["# infer.py end to end against the runtime's own Predict", "",
              f"{date}, {machine}; load average (1 min) {min(x[0] for x in loads):.1f}-"
-             f"{max(x[0] for x in loads):.1f} over the run (shared machine). "
+             f"{max(x[0] for x in loads):.1f} over the run{shared_note([x[0] for x in loads])}. "
              f"`python bench/bench_infer.py {' '.join(sys.argv[1:] if argv is None else argv)}`; medians of "
              f"{args.rounds} interleaved rounds.", "", *table, "",
              "- predict: lite-cpp, the runner's median Predict over repeated calls on one batch (`--repeat`); "

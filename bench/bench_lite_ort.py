@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 
-from timing import cpu_model  # same directory (imports no framework)
+from timing import cpu_model, shared_note  # same directory (imports no framework)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ["slab_swin_tiny", "slab_deit_tiny", "slab_pvt_tiny", "slab_cswin_tiny"]
@@ -347,8 +347,9 @@ def main(argv=None):
     cmdline = " ".join(sys.argv[1:] if argv is None else argv)
     lines = ["# MindSpore Lite against onnxruntime", "",
              f"{date}, {machine}; load average (1 min) {min(x[0] for x in loads):.1f}-"
-             f"{max(x[0] for x in loads):.1f} over the run ({(time.time() - started) / 60:.0f} min, shared "
-             f"machine). `python bench/bench_lite_ort.py {cmdline}`. Fused full-size networks with random weights, "
+             f"{max(x[0] for x in loads):.1f} over the run ({(time.time() - started) / 60:.0f} min)"
+             f"{shared_note([x[0] for x in loads])}. `python bench/bench_lite_ort.py {cmdline}`. Fused full-size "
+             "networks with random weights, "
              f"224x224; {args.pairs} Lite/onnxruntime call pairs per row (medians; the ratio is the median of the "
              "pairs' ratios; IQR: the middle half of the calls).", "",
              "| model | batch | Lite ms | Lite IQR | onnxruntime ms | ORT IQR | Lite / ORT | outputs rel. diff "

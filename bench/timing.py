@@ -30,3 +30,10 @@ def cpu_model():
     except OSError:
         pass
     return name
+
+
+def shared_note(loads):
+    """``" (shared machine: load at or above the core count)"`` when a 1-minute load average in ``loads``
+    reached the number of cores, else ``""``: what a result's load line should say about other jobs."""
+    import os
+    return " (shared machine: load at or above the core count)" if max(loads) >= (os.cpu_count() or 1) else ""
