@@ -156,6 +156,38 @@ def test_infer_matches_the_validation_pipeline(tiny_export, tmp_path):
     assert 0 < result["seconds"]["first_result"] <= result["seconds"]["last_result"]
 
 
+@pytest.mark.parametrize("prep", [
+    {"image_resize": 32, "crop_pct": 0.875, "interpolation": "bilinear", "mean": [123.7, 116.3, 103.5],
+     "std": [58.4, 57.1, 57.4]},
+    {"image_resize": 24, "crop_pct": 1.0, "interpolation": "bicubic", "mean": [127.5] * 3, "std": [127.5] * 3}])
+def test_batched_preprocessing_gives_each_images_own_pixels(prep, tmp_path):
+    """infer.py's Preprocess (decode per file, then Resize/CenterCrop/Normalize once per group of same-size
+    images, HWC2CHW as a transpose) gives every image exactly what validate.py's per-image transform
+    gives it, in order, whatever the mix of sizes, modes and formats in the batch."""
+    from PIL import Image
+    from mindspore.dataset.transforms import Compose
+    from slab_ms.deploy import decode_batch, make_pipeline
+    from slab_ms.engine.config import load_config
+    cfg = load_config(None, {k: (json.dumps(v) if isinstance(v, list) else str(v)) for k, v in prep.items()})
+    per_image = Compose(data_lib.eval_transforms(cfg))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w, mode, ext) in enumerate([(40, 37, "RGB", "png"), (32, 32, "L", "png"), (40, 37, "RGB", "jpg"),
+                                           (20, 50, "RGBA", "png"), (32, 32, "RGB", "png"), (40, 37, "P", "png"),
+                                           (32, 32, "RGB", "jpg")]):
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+        paths.append(str(tmp_path / f"{i}.{ext}"))
+        img.save(paths[-1])
+    pipeline = make_pipeline(prep)
+    batch, kept, bad = decode_batch(paths, pipeline)
+    want = np.stack([per_image(np.fromfile(p, np.uint8)) for p in paths])
+    assert kept == paths and not bad and batch.dtype == np.float32 and batch.flags.c_contiguous
+    assert batch.shape == want.shape == (7, 3, prep["image_resize"], prep["image_resize"])
+    assert np.array_equal(batch, want)
+    one_size = [paths[1], paths[4], paths[6]]   # one group: the batched call alone
+    assert np.array_equal(decode_batch(one_size, pipeline)[0], want[[1, 4, 6]])
+
+
 def test_infer_skips_and_counts_undecodable_images(tiny_export, tmp_path):
     """As validate.py: a folder's undecodable images are skipped, named and counted; --strict stops at the
     first, and one undecodable image alone is a one-line error naming it."""

@@ -168,6 +168,27 @@ def test_infer_lite_cpp_scores_the_digits_as_validation_does(digits_lite, tmp_pa
     assert result["folder_top1"] == pytest.approx(float(np.mean(logits.argmax(1) == labels)), abs=1e-9)
 
 
+@needs_lite
+def test_two_batches_in_flight_come_back_in_order(digits_lite):
+    """The runner holds a second batch while it runs one (infer.py decodes the next meanwhile): both are
+    answered, in order, as they are alone; a third before a collect is refused; a batch too large for
+    two in the input pipe is held alone."""
+    net, model_file = digits_lite[2], digits_lite[3]
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal((n, 3, 32, 32)).astype(np.float32) for n in (16, 5))
+    with LiteCppRunner(model_file, "cpu", threads=1) as runner:
+        assert runner.depth(a) == 2 and runner.depth(b) == 2
+        runner.submit(a)
+        runner.submit(b)
+        with pytest.raises(RuntimeError, match="before submitting more than depth"):
+            runner.submit(a)
+        got_a, got_b = runner.collect(), runner.collect()
+        for got, x in ((got_a, a), (got_b, b)):
+            want = net(ms.Tensor(x)).asnumpy()
+            assert got.shape == want.shape and rel_err(got, want) < 1e-5
+        assert runner.batches == 2 and runner.depth(np.zeros((runner._pipe // 8, 1), np.float32)) == 1
+
+
 def _ended(pid):
     """Whether a process is gone (or a zombie left to a parent that is gone)."""
     try:

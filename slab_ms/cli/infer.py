@@ -14,6 +14,7 @@ be decoded is skipped, named on stderr and counted (``bad_images``, ``skipped``)
 does; ``--strict`` stops at it instead. Every error is one line naming the file it is about.
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import sys
@@ -48,7 +49,7 @@ def main(argv=None):
     from ..io import write_json
     if args.batch_size < 1 or args.top < 1 or (args.threads is not None and args.threads < 1):
         return report(errors.ConfigError("--batch_size, --top and --threads must be at least 1"))   # a flag: 2
-    runner, started, first, last = None, time.perf_counter(), None, None
+    runner, pool, started, first, last = None, None, time.perf_counter(), None, None
     try:
         check_model_file(args.model_file)
         meta = load_meta(args.model_file, args.config)
@@ -57,7 +58,9 @@ def main(argv=None):
         print(f"runtime: {runner.name} ({args.device})" + (f"; {why}" if why else ""), flush=True)
         results, skipped = [], []
         strict = args.strict or os.path.isfile(args.images)   # one image: its failure is the error
-        for r in classify(runner, paths, meta, args.batch_size, args.top, strict):
+        if args.device == "cpu" and not hasattr(runner, "submit"):   # decode the next batch while one runs
+            pool = concurrent.futures.ThreadPoolExecutor(1)
+        for r in classify(runner, paths, meta, args.batch_size, args.top, strict, pool):
             if "error" in r:
                 skipped.append(r)
                 print(f"warning: {r['image']}: {r['error']}; skipped", file=sys.stderr)
@@ -75,6 +78,8 @@ def main(argv=None):
         report(e)
         return 1
     finally:
+        if pool is not None:
+            pool.shutdown()
         if hasattr(runner, "close"):
             runner.close()
     summary = {"runtime": runner.name, "device": args.device, "images": len(results), "bad_images": len(skipped)}

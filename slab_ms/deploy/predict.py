@@ -1,8 +1,8 @@
 """Classify image files with an exported model: the sidecar record, the evaluation preprocessing of
 validate.py, and batches through a runtime of ``runtimes.py`` (``infer.py`` is the CLI)."""
+import collections
 import json
 import os
-import re
 
 import numpy as np
 
@@ -46,52 +46,87 @@ def load_meta(model_file, config=None):
     return meta
 
 
+class Preprocess:
+    """validate.py's evaluation transform (slab_ms.engine.data.eval_transforms) applied to many files at
+    once, with the same pixels: each file is decoded alone by the transform's first step (Pillow,
+    :class:`~slab_ms.engine.data.ImageDecoder`); the array steps that follow run once per group of
+    images that decode to the same size. MindSpore's Resize, CenterCrop and Normalize take
+    ``<..., H, W, C>`` (a run of them is one call); HWC2CHW, which does not, is its transpose; any
+    other step runs per image."""
+    BATCHED = ("Resize", "CenterCrop", "Normalize")
+
+    def __init__(self, prep):
+        from mindspore.dataset.transforms import Compose
+        from ..engine.data import eval_transforms
+        cfg = load_config(None, {k: (json.dumps(v) if isinstance(v, list) else str(v)) for k, v in prep.items()})
+        self.decode, *self.steps = eval_transforms(cfg)
+        self._batched, run = [], []
+        for step in self.steps + [None]:
+            name = type(step).__name__
+            if name in self.BATCHED:
+                run.append(step)
+                continue
+            if run:
+                self._batched.append(Compose(run) if len(run) > 1 else run[0])
+                run = []
+            if name == "HWC2CHW":
+                self._batched.append(lambda b: b.transpose(0, 3, 1, 2))
+            elif step is not None:
+                self._batched.append(lambda b, step=step: np.stack([step(x) for x in b]))
+
+    def transform(self, images):
+        """The decoded HWC uint8 ``images`` as one float32 batch, in order."""
+        groups = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape, []).append(i)
+        out = None
+        for idx in groups.values():
+            b = np.stack([images[i] for i in idx])
+            for step in self._batched:
+                b = step(b)
+            if len(groups) == 1:
+                return np.ascontiguousarray(b, dtype=np.float32)
+            if out is None:
+                out = np.empty((len(images),) + b.shape[1:], np.float32)
+            out[idx] = b
+        return out
+
+    def __call__(self, raw):
+        """One image's encoded bytes -> its CHW float32 array (as validate.py gives it)."""
+        return self.transform([self.decode(raw)])[0]
+
+
 def make_pipeline(prep):
-    """The evaluation transform of validate.py (slab_ms.engine.data.eval_transforms), for eager use."""
-    from mindspore.dataset.transforms import Compose
-    from ..engine.data import eval_transforms
-    cfg = load_config(None, {k: (json.dumps(v) if isinstance(v, list) else str(v)) for k, v in prep.items()})
-    return Compose(eval_transforms(cfg))
-
-
-def _reason(error):
-    """The useful line of a decode error: MindSpore wraps the decoder's exception in a report of many
-    lines (the Python call stack, then its own [ERROR] line); take the exception's own message."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        m = re.match(r"^[A-Za-z_.]*(?:Error|Exception): (.+)$", ln)
-        if m and not m.group(1).startswith("Traceback"):
-            return m.group(1)
-    for ln in lines:
-        if ln.startswith("[ERROR] ") and "Python Call Stack" not in ln:
-            return ln[len("[ERROR] "):]
-    return lines[0] if lines else type(error).__name__
+    """The evaluation transform of validate.py for the recorded preprocessing ``prep`` (a :class:`Preprocess`)."""
+    return Preprocess(prep)
 
 
 def decode_batch(paths, pipeline, strict=False):
-    """``(batch or None, kept paths, [(path, why), ...])``: the images that decode, stacked float32, and
-    those that do not, each with a one-line reason (skipped, as validate.py skips them). With
-    ``strict`` the first one that does not decode is a :class:`ConfigError` naming it."""
-    out, kept, bad = [], [], []
+    """``(batch or None, kept paths, [(path, why), ...])``: the images that decode, through ``pipeline``
+    (a :class:`Preprocess`) as one float32 batch, and those that do not, each with a one-line reason
+    (skipped, as validate.py skips them). With ``strict`` the first one that does not decode is a
+    :class:`ConfigError` naming it."""
+    images, kept, bad = [], [], []
     for p in paths:
         try:
-            raw = np.fromfile(p, np.uint8)
+            with open(p, "rb") as f:
+                raw = f.read()
         except OSError as e:
             why = f"cannot read image ({e.strerror or e})"
         else:
             try:
-                if not raw.size:
+                if not raw:
                     raise ValueError("empty file")
-                out.append(pipeline(raw))
+                images.append(pipeline.decode(raw))
                 kept.append(p)
                 continue
-            except (OSError, RuntimeError, ValueError) as e:   # Pillow's and MindSpore's decode errors
-                why = _reason(e)
+            except (OSError, RuntimeError, ValueError) as e:   # the decoder's errors
+                why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 why = why if why.startswith("cannot decode image") else f"cannot decode image ({why})"
         if strict:
             raise ConfigError(f"{p}: {why}")
         bad.append((p, why))
-    return (np.stack(out).astype(np.float32) if out else None), kept, bad
+    return (pipeline.transform(images) if images else None), kept, bad
 
 
 def preprocess(paths, pipeline):
@@ -104,21 +139,26 @@ def softmax(x):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _start(runner, batch):
+def _start(runner, batch, pool=None):
     """Run ``batch``; returns a function giving its output. A runner with ``submit`` (the Lite C++
-    runner, a separate process) works while the caller prepares the next batch."""
+    runner, a separate process), or any runner given a thread ``pool``, works while the caller
+    prepares the next batch."""
     if hasattr(runner, "submit"):
         runner.submit(batch)
         return runner.collect
+    if pool is not None:
+        return pool.submit(runner, batch).result
     out = runner(batch)
     return lambda: out
 
 
-def classify(runner, paths, meta, batch_size=16, top=5, strict=False):
+def classify(runner, paths, meta, batch_size=16, top=5, strict=False, pool=None):
     """Yield, in file order, ``{"image": path, "top": [[label, prob], ...]}`` per image, and
     ``{"image": path, "error": why}`` per image that does not decode (with ``strict``, a
-    :class:`ConfigError` instead). Batches of ``batch_size`` (the model's own for a fixed batch);
-    the next batch is decoded while one runs."""
+    :class:`ConfigError` instead). Batches of ``batch_size`` (the model's own for a fixed batch).
+    The next batch is decoded while one runs: in the Lite C++ runner's process (which holds up to
+    ``runner.depth(batch)`` batches, so it starts one the moment the last ends), or in ``pool``
+    (a ``concurrent.futures`` executor) for a runner that runs in this process."""
     fixed = (meta.get("input_shape") or [None])[0]
     batch_size = fixed or batch_size
     classes = meta.get("classes")
@@ -126,26 +166,28 @@ def classify(runner, paths, meta, batch_size=16, top=5, strict=False):
 
     def results(chunk, kept, bad, output):
         found = {p: {"image": p, "error": why} for p, why in bad}
-        probs = softmax(output[:len(kept)].astype(np.float64)) if kept else []
-        for path, pr in zip(kept, probs):
-            order = np.argsort(-pr)[:top]
-            labels = [classes[j] if classes else str(j) for j in order]
-            found[path] = {"image": path, "top": [[lab, float(pr[j])] for lab, j in zip(labels, order)]}
+        if kept:
+            probs = softmax(output()[:len(kept)].astype(np.float64))
+            order = np.argsort(-probs, axis=1)[:, :top]
+            for path, js, ps in zip(kept, order.tolist(), np.take_along_axis(probs, order, 1).tolist()):
+                found[path] = {"image": path, "top": [[classes[j] if classes else str(j), q] for j, q in zip(js, ps)]}
         return [found[p] for p in chunk]
 
-    running = None   # (chunk, kept, bad, output getter) of the batch in flight
+    running = collections.deque()   # (chunk, kept, bad, output getter) of the batches in flight, oldest first
     for i in range(0, len(paths), batch_size):
         chunk = paths[i:i + batch_size]
         batch, kept, bad = decode_batch(chunk, pipeline, strict)
-        if running:
-            yield from results(*running[:3], running[3]())
-            running = None
-        if batch is None:   # nothing in this chunk decodes
+        if batch is None:   # nothing in this chunk decodes: its errors come after the batches before it
+            while running:
+                yield from results(*running.popleft())
             yield from results(chunk, [], bad, None)
             continue
         pad = batch_size - len(kept) if fixed else 0   # a fixed-batch model gets a full batch
         if pad:
             batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
-        running = (chunk, kept, bad, _start(runner, batch))
-    if running:
-        yield from results(*running[:3], running[3]())
+        depth = runner.depth(batch) if hasattr(runner, "depth") else 1
+        while len(running) >= depth:
+            yield from results(*running.popleft())
+        running.append((chunk, kept, bad, _start(runner, batch, pool)))
+    while running:
+        yield from results(*running.popleft())

@@ -1,5 +1,6 @@
 """The runtimes that run an exported MindIR: MindSpore Lite's Python API, its C++ runtime through
 the runner in ``lite_runner/``, and MindSpore's own ``nn.GraphCell``."""
+import collections
 import contextlib
 import os
 import signal
@@ -7,6 +8,11 @@ import struct
 import subprocess
 import tempfile
 import weakref
+
+try:
+    import fcntl   # the runner's pipe size (Linux)
+except ImportError:   # pragma: no cover
+    fcntl = None
 
 import numpy as np
 
@@ -82,8 +88,10 @@ class LiteCppRunner:
     batches go through its stdin and stdout); it starts here, so the build overlaps what the caller
     does next, and ends with :meth:`close`, the ``with`` block, garbage collection or the interpreter.
     ``submit`` then ``collect`` let the caller prepare the next batch while one runs; calling the
-    runner does both. A failure (the runner's own ``error:`` line, or its crash) is a
-    :class:`LiteRunnerError` naming the model; the next batch starts a new process."""
+    runner does both. Batches submitted are answered in order; :meth:`depth` says how many may be
+    waiting at once without a write ever blocking (two where they fit in the enlarged input pipe, so
+    the runner starts the next batch the moment one ends). A failure (the runner's own ``error:`` line,
+    or its crash) is a :class:`LiteRunnerError` naming the model; the next batch starts a new process."""
     name = "mindspore_lite C++ (lite_runner)"
 
     def __init__(self, path, device, runner=None, threads=None):
@@ -95,7 +103,7 @@ class LiteCppRunner:
         self.threads = threads or max(1, min(os.cpu_count() or 1, 8))
         self.predict_s = 0.0   # the runner's own Predict time, summed over the batches answered
         self.batches = 0
-        self._proc = self._pending = None
+        self._proc, self._pending = None, collections.deque()   # shapes of the batches submitted, not collected
         self._start()
 
     def _start(self):
@@ -103,12 +111,22 @@ class LiteCppRunner:
         proc = subprocess.Popen([self.runner, self.path, "--serve", "--device", self.device, "--threads",
                                  str(self.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
         self._proc, self._err = proc, err
+        self._pipe = 65536   # Linux's default pipe capacity; raised where the kernel allows
+        with contextlib.suppress(AttributeError, OSError):
+            self._pipe = fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
         self._finalizer = weakref.finalize(self, _stop, proc, err)
+
+    def depth(self, batch):
+        """How many batches like ``batch`` may be submitted before collecting: 2 when two of them fit in
+        the input pipe (the writes never block, so the runner and this process never wait on each
+        other's pipe), else 1."""
+        return 2 if 2 * (batch.nbytes + 8 * batch.ndim + 8) <= self._pipe else 1
 
     def _fail(self, shape):
         """Raise the runner's error once its process has ended (or been ended) part-way through a batch."""
         proc, err = self._proc, self._err
-        self._proc = self._pending = None
+        self._proc = None
+        self._pending.clear()
         self._finalizer.detach()
         _end(proc)
         try:
@@ -137,13 +155,13 @@ class LiteCppRunner:
 
     def submit(self, batch):
         """Send one batch (float32, N x C x H x W) to the runner; :meth:`collect` returns its output."""
-        if self._pending is not None:
-            raise RuntimeError("collect() the batch submitted before submitting another")
         batch = np.ascontiguousarray(batch, dtype="<f4")
+        if len(self._pending) >= self.depth(batch):
+            raise RuntimeError("collect() a batch before submitting more than depth() of them")
         if self._proc is None:
             self._start()
         head = b"SLAB" + struct.pack(f"<I{batch.ndim}q", batch.ndim, *batch.shape)
-        self._pending = batch.shape
+        self._pending.append(batch.shape)
         try:
             self._proc.stdin.write(head)
             self._proc.stdin.write(memoryview(batch).cast("B"))
@@ -152,10 +170,10 @@ class LiteCppRunner:
             self._fail(batch.shape)
 
     def collect(self):
-        """The output of the batch :meth:`submit` sent (float32)."""
-        if self._pending is None:
+        """The output of the oldest batch :meth:`submit` sent and not yet collected (float32)."""
+        if not self._pending:
             raise RuntimeError("no batch submitted")
-        shape, out = self._pending, self._proc.stdout
+        shape, out = self._pending[0], self._proc.stdout
         try:
             head = out.read(8)
             if len(head) != 8 or head[:4] != b"SLAB":
@@ -175,7 +193,7 @@ class LiteCppRunner:
                 got += n
         except (OSError, ValueError, struct.error):
             self._fail(shape)
-        self._pending = None
+        self._pending.popleft()
         self.predict_s += ms / 1000
         self.batches += 1
         return result
@@ -186,7 +204,8 @@ class LiteCppRunner:
 
     def close(self):
         """End the runner process (it finishes the batch it is on, if any)."""
-        self._pending = self._proc = None
+        self._proc = None
+        self._pending.clear()
         self._finalizer()
 
     def __enter__(self):

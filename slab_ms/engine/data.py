@@ -258,8 +258,7 @@ class ImageDecoder:
         data = raw.tobytes() if isinstance(raw, np.ndarray) else bytes(raw)
         try:
             with Image.open(io.BytesIO(data), formats=self.FORMATS) as im:
-                rgb = im.convert("RGB")   # decodes, whatever the mode
-            return np.asarray(rgb)
+                return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))   # decodes, whatever the mode
         except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, struct.error, ...
             why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
             key = hashlib.sha1(data).hexdigest()
