@@ -1,7 +1,7 @@
 """End-to-end throughput of ``infer.py`` on a folder against the runtime's own Predict throughput at the
 same batch size.
 
-    python bench/bench_infer.py [--batch 16] [--rounds 3] [--threads 2] [--cases digits,swin]
+    python bench/bench_infer.py [--batch 16] [--rounds 3] [--threads 1,2] [--cases digits,swin]
                                 [--runtimes lite-cpp,mindspore] [--before 91da7fc] [--work DIR]
                                 [--out bench/results/infer.md]
 
@@ -16,7 +16,8 @@ Each model is exported twice with export.py: as is for ``--runtime mindspore`` (
 slab_ms/deploy/lite_runner built by scripts/get_lite.sh). ``--runtime lite`` (the mindspore_lite Python
 package) is measured when that package imports.
 
-Per case and runtime, one round measures, in this order:
+Per case and runtime (lite-cpp once per thread count of ``--threads``: the runner's Predict and
+``infer.py --threads`` alike; mindspore with MindSpore's own threads), one round measures, in this order:
 
 - ``predict``: the runtime's own throughput at the batch size: for lite-cpp the runner's median Predict
   time (``lite_runner MODEL IN.npy OUT.npy --threads T --repeat K``), for mindspore a GraphCell in a
@@ -28,7 +29,8 @@ From the medians over the rounds: ``whole`` = images / wall time (Python and Min
 load or Lite build, decoding, every batch); ``steady`` = (images - batch) / (last result - first
 result): the images/s once the first batch is out, start-up excluded. The ratios divide each by
 ``predict``. With ``--before COMMIT`` the lite-cpp folder run is also timed (first round) with
-infer.py and slab_ms of that commit (``git archive``), which started one runner process per batch.
+infer.py and slab_ms of that commit (``git archive``), with its default threads (the row with as
+many threads as infer.py's default, the CPU count up to 8).
 The 1-minute load average is read before each measurement. Writes ``--out`` and the same name with
 ``.json``.
 """
@@ -49,8 +51,8 @@ from timing import cpu_model, shared_note  # same directory (imports no framewor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def machine_line(threads):
-    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, {threads} Lite threads"
+def machine_line():
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def run(cmd, env=None, cwd=ROOT, timeout=3600):
@@ -154,7 +156,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2, help="Lite threads, for the runner and infer.py --threads")
+    p.add_argument("--threads", default="1,2",
+                   help="Lite thread counts, each a row: the runner's Predict and infer.py --threads alike")
     p.add_argument("--cases", default="digits,swin")
     p.add_argument("--runtimes", default="lite-cpp,mindspore")
     p.add_argument("--before", default="", help="a commit whose infer.py started one runner per batch")
@@ -162,9 +165,15 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "infer.md"))
     args = p.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
+    try:
+        threads = [int(t) for t in args.threads.split(",") if t]
+    except ValueError:
+        p.error(f"--threads {args.threads}: expected thread counts, e.g. 1,2")
     runtimes = [r for r in args.runtimes.split(",") if r]
-    RUNNER = run([sys.executable, "-c", "import slab_ms; from slab_ms.deploy import default_lite_runner; "
-                  "print(default_lite_runner())"]).strip().splitlines()[-1]
+    RUNNER, default_threads = run([sys.executable, "-c", "import slab_ms; from slab_ms.deploy import "
+                                   "default_lite_runner as r, default_lite_threads as t; print(r(), t())"]
+                                  ).strip().splitlines()[-1].rsplit(" ", 1)
+    default_threads = int(default_threads)
     if "lite-cpp" in runtimes and RUNNER == "None":
         p.error("the MindSpore Lite runner is not built: run bash scripts/get_lite.sh")
     has_lite_py = subprocess.run([sys.executable, "-c", "import mindspore_lite"], capture_output=True).returncode == 0
@@ -181,25 +190,27 @@ def main(argv=None):
         for rnd in range(args.rounds):
             for case in cases:
                 c = data[case]
-                for rt in runtimes:
+                for rt, t in [(x, t) for x in runtimes for t in (threads if x == "lite-cpp" else [None])]:
                     model = c["lite-cpp" if rt in ("lite-cpp", "lite") else "mindspore"]
-                    r = rows.setdefault(f"{case}/{rt}", {"case": case, "runtime": rt, "n": c["n"], "predict": [],
-                                                         "wall": [], "steady": [], "before": [], "load": []})
+                    r = rows.setdefault(f"{case}/{rt}/{t}", {"case": case, "runtime": rt, "threads": t, "n": c["n"],
+                                                             "predict": [], "wall": [], "steady": [], "before": [],
+                                                             "load": []})
                     r["load"].append(os.getloadavg()[0])
                     loads.append(os.getloadavg())
                     if rt != "lite":
-                        r["predict"].append(predict_ips(rt, model, args.batch, c["size"], args.threads,
+                        r["predict"].append(predict_ips(rt, model, args.batch, c["size"], t,
                                                         20 if c["size"] < 100 else 3, work))
                     wall, result = time_infer(model, c["images"], rt, args.batch, env,
-                                              extra=["--threads", str(args.threads)] if rt == "lite-cpp" else None)
+                                              extra=["--threads", str(t)] if t else None)
                     assert result["images"] == c["n"], (result["images"], c["n"])
                     sec = result["seconds"]
                     r["wall"].append(wall)
                     r["steady"].append((c["n"] - min(args.batch, c["n"])) / (sec["last_result"] - sec["first_result"]))
-                    if before and rt == "lite-cpp" and rnd == 0:
+                    if before and rt == "lite-cpp" and rnd == 0 and t == default_threads:   # its only count
                         benv = dict(env, PYTHONPATH=before)
                         r["before"].append(time_infer(model, c["images"], rt, args.batch, benv, root=before)[0])
-                    print(f"round {rnd + 1} {case}/{rt}: predict {r['predict'][-1] if r['predict'] else 0:.1f} img/s, "
+                    print(f"round {rnd + 1} {case}/{rt}" + (f"/{t} threads" if t else "")
+                          + f": predict {r['predict'][-1] if r['predict'] else 0:.1f} img/s, "
                           f"folder {wall:.2f} s, steady {r['steady'][-1]:.1f} img/s"
                           + (f", before {r['before'][-1]:.2f} s" if r["before"] and rnd == 0 else "")
                           + f" (load {r['load'][-1]:.2f})", flush=True)
@@ -207,9 +218,9 @@ def main(argv=None):
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)   # the temporary folder made above
-    table = ["| case | runtime | images | predict img/s (runtime's own, batch %d) | infer.py s | whole img/s | "
-             "whole / predict | steady img/s | steady / predict | before: infer.py s | load |" % args.batch,
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    table = ["| case | runtime | threads | images | predict img/s (runtime's own, batch %d) | infer.py s | "
+             "whole img/s | whole / predict | steady img/s | steady / predict | before: infer.py s | load |"
+             % args.batch, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     out_rows = []
     for r in rows.values():
         pred, wall, steady = med(r["predict"]), med(r["wall"]), med(r["steady"])
@@ -218,11 +229,12 @@ def main(argv=None):
                    steady_ratio=steady / pred)
         out_rows.append(row)
         before = f"{med(r['before']):.2f}" if r["before"] else ""
-        table.append(f"| {r['case']} | {r['runtime']} | {r['n']} | {pred:.1f} | {wall:.2f} | {whole:.1f} | "
+        table.append(f"| {r['case']} | {r['runtime']} | {r['threads'] or 'default'} | {r['n']} | {pred:.1f} | "
+                     f"{wall:.2f} | {whole:.1f} | "
                      f"{whole / pred:.2f} | {steady:.1f} | {steady / pred:.2f} | {before} | "
                      f"{min(r['load']):.1f}-{max(r['load']):.1f} |")
     date = datetime.date.today().isoformat()
-    machine = machine_line(args.threads)
+    machine = machine_line()
     lines = ["# infer.py end to end against the runtime's own Predict", "",
              f"{date}, {machine}; load average (1 min) {min(x[0] for x in loads):.1f}-"
              f"{max(x[0] for x in loads):.1f} over the run{shared_note([x[0] for x in loads])}. "
@@ -233,8 +245,11 @@ def main(argv=None):
              "command on the folder (Python and MindSpore import, model load or Lite build, decoding, batches). "
              f"whole = images / that; steady = (images - {args.batch}) / (last result - first result), from the "
              "command's own `seconds`: the images/s once started.",
-             "- before: the same command with infer.py of the `--before` commit (one runner process per batch), "
-             "first round only." if args.before else "", ""]
+             "- threads: Lite's, for the runner's Predict and `infer.py --threads` alike; mindspore runs with "
+             "MindSpore's own.",
+             "- before: the same command with infer.py and slab_ms of the `--before` commit and its default "
+             "threads (the CPU count, up to 8), first round only."
+             if args.before else "", ""]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines))

@@ -188,6 +188,43 @@ def test_batched_preprocessing_gives_each_images_own_pixels(prep, tmp_path):
     assert np.array_equal(decode_batch(one_size, pipeline)[0], want[[1, 4, 6]])
 
 
+class _ShapeRecorder:
+    """A stand-in runtime: its logits a fixed projection of each image's pixels; it records the batch sizes."""
+
+    def __init__(self, pad_batches):
+        self.pad_batches, self.shapes = pad_batches, []
+        self.w = np.random.default_rng(0).standard_normal((3 * 32 * 32, 10)).astype(np.float32)
+
+    def __call__(self, batch):
+        self.shapes.append(batch.shape[0])
+        return batch.reshape(len(batch), -1) @ self.w
+
+
+def test_a_runtime_that_compiles_per_batch_size_gets_one_size(tiny_export):
+    """GraphCell compiles again at each new batch size (150 ms for the digits model), so its short last
+    batch is padded to the batch size; the padding never reaches the results. Other runtimes get the
+    short batch as it is, and a folder smaller than one batch is one batch of its own size."""
+    from slab_ms.deploy import classify, list_images, load_meta
+    digits, model_file = tiny_export[0], tiny_export[3]
+    meta = load_meta(model_file)
+    paths = list_images(os.path.join(digits, "val"))[:20]
+    plain, padded = _ShapeRecorder(False), _ShapeRecorder(True)
+
+    def same(got, want):   # labels exactly; probabilities to float32 rounding (BLAS may block by batch size)
+        assert [(r["image"], [lab for lab, _ in r["top"]]) for r in got] == \
+            [(r["image"], [lab for lab, _ in r["top"]]) for r in want]
+        np.testing.assert_allclose([[q for _, q in r["top"]] for r in got], [[q for _, q in r["top"]] for r in want],
+                                   rtol=1e-5, atol=1e-7)
+
+    want = list(classify(plain, paths, meta, batch_size=16))
+    same(list(classify(padded, paths, meta, batch_size=16)), want)
+    assert plain.shapes == [16, 4] and padded.shapes == [16, 16]
+    assert [r["image"] for r in want] == paths and len({r["top"][0][0] for r in want}) > 1
+    small = _ShapeRecorder(True)
+    same(list(classify(small, paths[:5], meta, batch_size=16)), want[:5])
+    assert small.shapes == [5]
+
+
 def test_infer_skips_and_counts_undecodable_images(tiny_export, tmp_path):
     """As validate.py: a folder's undecodable images are skipped, named and counted; --strict stops at the
     first, and one undecodable image alone is a one-line error naming it."""

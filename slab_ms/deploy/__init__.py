@@ -5,9 +5,9 @@ from .export import (PREPROCESS_KEYS, build_for_export, check_export_request, cl
                      preprocessing, verify_export)
 from .predict import classify, decode_batch, list_images, load_meta, make_pipeline, preprocess, softmax
 from .runtimes import (RUNTIMES, GraphCellRunner, LiteCppRunner, LiteRunner, LiteRunnerError, check_model_file,
-                       default_lite_runner, is_lite_compatible, make_runner)
+                       default_lite_runner, default_lite_threads, is_lite_compatible, make_runner)
 
 __all__ = ["PREPROCESS_KEYS", "RUNTIMES", "GraphCellRunner", "LiteCppRunner", "LiteRunner", "LiteRunnerError",
-           "build_for_export", "check_export_request", "check_model_file", "class_names", "classify",
-           "decode_batch", "default_lite_runner", "export_model", "is_lite_compatible", "list_images", "load_meta",
-           "make_pipeline", "make_runner", "preprocess", "preprocessing", "softmax", "verify_export"]
+           "build_for_export", "check_export_request", "check_model_file", "class_names", "classify", "decode_batch",
+           "default_lite_runner", "default_lite_threads", "export_model", "is_lite_compatible", "list_images",
+           "load_meta", "make_pipeline", "make_runner", "preprocess", "preprocessing", "softmax", "verify_export"]

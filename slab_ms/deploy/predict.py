@@ -155,12 +155,15 @@ def _start(runner, batch, pool=None):
 def classify(runner, paths, meta, batch_size=16, top=5, strict=False, pool=None):
     """Yield, in file order, ``{"image": path, "top": [[label, prob], ...]}`` per image, and
     ``{"image": path, "error": why}`` per image that does not decode (with ``strict``, a
-    :class:`ConfigError` instead). Batches of ``batch_size`` (the model's own for a fixed batch).
+    :class:`ConfigError` instead). Batches of ``batch_size`` (the model's own for a fixed batch); a
+    runner with ``pad_batches`` gets every batch padded to that size, as it compiles per size.
     The next batch is decoded while one runs: in the Lite C++ runner's process (which holds up to
     ``runner.depth(batch)`` batches, so it starts one the moment the last ends), or in ``pool``
     (a ``concurrent.futures`` executor) for a runner that runs in this process."""
     fixed = (meta.get("input_shape") or [None])[0]
     batch_size = fixed or batch_size
+    if not fixed and getattr(runner, "pad_batches", False) and len(paths) >= batch_size:
+        fixed = batch_size   # one batch size for the runtime: the last, short batch padded
     classes = meta.get("classes")
     pipeline = make_pipeline(meta["preprocess"])   # built once, applied to every batch
 
@@ -182,7 +185,7 @@ def classify(runner, paths, meta, batch_size=16, top=5, strict=False, pool=None)
                 yield from results(*running.popleft())
             yield from results(chunk, [], bad, None)
             continue
-        pad = batch_size - len(kept) if fixed else 0   # a fixed-batch model gets a full batch
+        pad = batch_size - len(kept) if fixed else 0   # a fixed-batch model (or runner) gets a full batch
         if pad:
             batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
         depth = runner.depth(batch) if hasattr(runner, "depth") else 1

@@ -42,6 +42,7 @@ class LiteRunner:
 class GraphCellRunner:
     """MindSpore's own MindIR runtime (``nn.GraphCell``)."""
     name = "mindspore nn.GraphCell"
+    pad_batches = True   # its first call at a new batch size compiles (150 ms for the digits model): pad instead
 
     def __init__(self, path, device):
         import mindspore as ms
@@ -100,7 +101,7 @@ class LiteCppRunner:
         if not self.runner or not os.access(self.runner, os.X_OK):
             raise ConfigError("the MindSpore Lite runner is not built: run bash scripts/get_lite.sh (or set "
                               "SLAB_LITE_RUNNER)")
-        self.threads = threads or max(1, min(os.cpu_count() or 1, 8))
+        self.threads = threads or default_lite_threads()
         self.predict_s = 0.0   # the runner's own Predict time, summed over the batches answered
         self.batches = 0
         self._proc, self._pending = None, collections.deque()   # shapes of the batches submitted, not collected
@@ -213,6 +214,11 @@ class LiteCppRunner:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def default_lite_threads():
+    """The Lite runner's threads when none are asked for: the CPU count, at most 8."""
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 def default_lite_runner():
