@@ -4,9 +4,9 @@ RepBN) and its checkpoint layout: computed buffers stored (``relative_position_i
 saved by the port's own code and the port's eval logits.
 
 The port's MLP uses MindSpore's default ``nn.GELU()``, the tanh approximation; upstream's PyTorch
-model and this package use the exact (erf) GELU. The loaded weights are checked exactly with the
-GELU swapped to the port's (its logits within 1e-5); as loaded, the model computes upstream's
-function, which the converted ``.pth`` in the PyTorch reference confirms.
+model and this package use the exact (erf) GELU. Built with ``gelu="tanh"`` (``model_kwargs``), the
+model gives the port's logits within 1e-5; by default it computes upstream's function, which the
+converted ``.pth`` in the PyTorch reference confirms.
 """
 import json
 import os
@@ -75,16 +75,6 @@ def port_layout(params, port_params):
     return out
 
 
-def tanh_gelu_mini(monkeypatch):
-    """The mini with the port's GELU (MindSpore's default, tanh), its graphs unshared from others."""
-    monkeypatch.setenv("SLAB_MS_SHARED_GRAPHS", "0")
-    net = mini()
-    for _, cell in net.cells_and_names():
-        if isinstance(cell, Mlp):
-            cell.act = nn.GELU(approximate=True)
-    return net
-
-
 def test_port_layout_rules_reproduce_the_ports_file(port):
     """The test's port_layout applied to this package's mini gives the port's file exactly: every
     name, shape and dtype, in order (so the full-size file below is written as the port writes one)."""
@@ -94,12 +84,15 @@ def test_port_layout_rules_reproduce_the_ports_file(port):
         [(k, v.shape, v.dtype) for k, v in port_params.items()]
 
 
-def test_load_checkpoint_gives_the_ports_logits(port, monkeypatch):
-    """slab_ms.load_checkpoint (validate.py, export) takes the port's file; with the port's GELU the
-    eval logits equal the port's within 1e-5 (measured 4.3e-7), every BN's num_batches_tracked is
-    filled with 0 (int64), and the port's buffers equal what the model computes."""
+def test_load_checkpoint_gives_the_ports_logits(port):
+    """slab_ms.load_checkpoint (validate.py, export) takes the port's file; built with the port's GELU
+    (gelu="tanh": MindSpore's nn.GELU() in every MLP) the eval logits equal the port's within 1e-5
+    (measured 4.3e-7), every BN's num_batches_tracked is filled with 0 (int64), and the port's
+    buffers equal what the model computes."""
     path, port_params, golden = port
-    net = tanh_gelu_mini(monkeypatch)
+    net = mini(gelu="tanh")
+    acts = [c.act for _, c in net.cells_and_names() if isinstance(c, Mlp)]
+    assert len(acts) == 8 and all(isinstance(a, nn.GELU) for a in acts)
     slab_ms.load_checkpoint(net, path)
     loaded = params_of(net)
     tracked = [k for k in loaded if k.endswith("num_batches_tracked")]
@@ -110,6 +103,11 @@ def test_load_checkpoint_gives_the_ports_logits(port, monkeypatch):
     net.set_train(False)
     err = rel_err(net(ms.Tensor(golden["x"])).asnumpy(), golden["logits_eval"])
     assert err <= TOL, err
+
+
+def test_the_gelu_option_names_its_choices():
+    with pytest.raises(ValueError, match=r"^gelu must be one of exact, tanh, got 'erf'$"):
+        mini(gelu="erf")
 
 
 def test_convert_to_torch_loads_strictly_and_gives_the_same_logits(port, tmp_path, capsys):

@@ -107,16 +107,28 @@ class GELU(nn.Cell):
         return (grad.astype(x.dtype),)
 
 
+GELU_KINDS = ("exact", "tanh")
+
+
+def check_gelu(gelu):
+    """``gelu`` if it names a GELU of :class:`Mlp`, else a ValueError saying which do."""
+    if gelu not in GELU_KINDS:
+        raise ValueError(f"gelu must be one of {', '.join(GELU_KINDS)}, got {gelu!r}")
+    return gelu
+
+
 class Mlp(nn.Cell):
-    """fc1 -> exact (erf) GELU -> dropout -> fc2 -> dropout, as timm's Mlp."""
+    """fc1 -> GELU -> dropout -> fc2 -> dropout, as timm's Mlp. The GELU is the exact (erf) one,
+    as upstream's, or with ``gelu="tanh"`` MindSpore's default ``nn.GELU()``, the tanh
+    approximation that the SLAB authors' MindSpore port computes (for its checkpoint's logits)."""
 
     @shared_graph
-    def __init__(self, in_features, hidden_features=None, out_features=None, drop=0.0):
+    def __init__(self, in_features, hidden_features=None, out_features=None, drop=0.0, gelu="exact"):
         super().__init__()
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
         self.fc1 = nn.Dense(in_features, hidden_features)
-        self.act = GELU()
+        self.act = GELU() if check_gelu(gelu) == "exact" else nn.GELU(approximate=True)
         self.fc2 = nn.Dense(hidden_features, out_features)
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
 

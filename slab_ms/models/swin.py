@@ -13,7 +13,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common import initializer as init
 
-from ..layers.common import (DropPath, Mlp, chunk_last, drop_path_rates, init_weights_trunc_normal,
+from ..layers.common import (DropPath, Mlp, check_gelu, chunk_last, drop_path_rates, init_weights_trunc_normal,
                              no_weight_decay_names, graph_site, shared_graph)
 from ..layers.patch_embed import PatchEmbed
 from ..layers.prepbn import build_norm
@@ -104,7 +104,7 @@ class SwinBlock(nn.Cell):
     """Pre-norm block: ``x + attn(norm1(x))`` over (shifted) windows, then ``x + mlp(norm2(x))``."""
 
     def __init__(self, dim, input_resolution, num_heads, window_size, shift_size, mlp_ratio, qkv_bias, drop,
-                 attn_drop, drop_path, attn_type, norm, total_step, ln_eps, kernel_size):
+                 attn_drop, drop_path, attn_type, norm, total_step, ln_eps, kernel_size, gelu="exact"):
         super().__init__()
         self.input_resolution = tuple(input_resolution)
         if min(input_resolution) <= window_size:  # no partition when the window covers the map
@@ -129,7 +129,7 @@ class SwinBlock(nn.Cell):
             raise ValueError(f"attention type must be 'L' (SLA) or 'S' (softmax), got {attn_type!r}")
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = build_norm(norm, dim, total_step, ln_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, gelu=gelu)
         if shift_size > 0:
             self._attn_mask = shifted_window_mask(self.input_resolution, window_size, shift_size)
             self.attn_mask = Tensor(self._attn_mask)
@@ -209,12 +209,12 @@ class PatchMerging(nn.Cell):
 
 class BasicLayer(nn.Cell):
     def __init__(self, dim, input_resolution, depth, num_heads, window_sizes, mlp_ratio, qkv_bias, drop, attn_drop,
-                 drop_paths, attn_type, norm, total_step, ln_eps, kernel_size, downsample):
+                 drop_paths, attn_type, norm, total_step, ln_eps, kernel_size, downsample, gelu="exact"):
         super().__init__()
         self.blocks = nn.CellList([
             SwinBlock(dim, input_resolution, num_heads, window_sizes[i],
                       0 if i % 2 == 0 else window_sizes[i] // 2, mlp_ratio, qkv_bias, drop, attn_drop,
-                      drop_paths[i], attn_type, norm, total_step, ln_eps, kernel_size)
+                      drop_paths[i], attn_type, norm, total_step, ln_eps, kernel_size, gelu)
             for i in range(depth)])
         self.downsample = (PatchMerging(input_resolution, dim, norm, total_step, ln_eps) if downsample else None)
 
@@ -232,14 +232,17 @@ class SwinTransformer(nn.Cell):
 
     SLA stages use ``window_size`` (clipped to the stage resolution: global attention at 56
     and 28 for 224 input); softmax stages keep 7x7 shifted windows (12 when
-    ``window_size > 56``), as upstream's ``BasicLayer`` does.
+    ``window_size > 56``), as upstream's ``BasicLayer`` does. ``gelu="tanh"`` computes the MLPs'
+    GELU as the SLAB authors' MindSpore port does (its checkpoint's own logits); the default is
+    upstream's exact GELU.
     """
 
     def __init__(self, img_size=224, patch_size=4, in_chans=3, num_classes=1000, embed_dim=96, depths=(2, 2, 6, 2),
                  num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0, qkv_bias=True, drop_rate=0.0,
                  attn_drop_rate=0.0, drop_path_rate=0.1, attn_type="SSSS", norm="repbn", total_step=60000,
-                 ln_eps=1e-5, kernel_size=5, patch_norm=True):
+                 ln_eps=1e-5, kernel_size=5, patch_norm=True, gelu="exact"):
         super().__init__()
+        check_gelu(gelu)
         depths, num_heads = list(depths), list(num_heads)
         if not (len(depths) == len(num_heads) == len(attn_type)):
             raise ValueError(f"depths {depths}, num_heads {num_heads} and attn_type {attn_type!r} "
@@ -265,7 +268,7 @@ class SwinTransformer(nn.Cell):
             layers.append(BasicLayer(
                 int(embed_dim * 2 ** i), res, depths[i], num_heads[i], [win] * depths[i], mlp_ratio, qkv_bias,
                 drop_rate, attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])], kind, norm, total_step,
-                ln_eps, kernel_size, downsample=i < self.num_layers - 1))
+                ln_eps, kernel_size, downsample=i < self.num_layers - 1, gelu=gelu))
         self.layers = nn.CellList(layers)
         self.norm = build_norm(norm, self.num_features, total_step, ln_eps)
         self.head = nn.Dense(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
