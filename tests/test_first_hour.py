@@ -178,6 +178,25 @@ def test_convert_explains_counts_and_a_wrong_model_and_validate_export_a_wrong_n
     assert code == 1 and err.endswith("; the checkpoint's classifier has 4 classes: pass --set num_classes=4"), err
 
 
+def test_validate_without_a_config_fits_the_cpu_count_and_names_a_refused_model_value(digits, tmp_path, capsys):
+    """Without a config the data pipeline's default of 8 workers (mindcv's ImageNet configs ask for 8)
+    is capped at the CPU count: MindSpore refused it with a traceback on a 2-core machine. A value the
+    model refuses (here the Swin GELU) is one line, exit 2, like an unknown model."""
+    from slab_ms.checkpoint import save_ms_checkpoint
+    kw = dict(embed_dim=16, depths=[1, 1], num_heads=[1, 2], attn_type="LS", window_size=8)
+    net = slab_ms.create_model("slab_swin_tiny", img_size=32, num_classes=10, **kw)
+    ckpt = str(tmp_path / "tiny.ckpt")
+    save_ms_checkpoint({k: v.asnumpy() for k, v in net.parameters_and_names()}, ckpt)
+    args = ["--model", "slab_swin_tiny", "--image_resize", "32", "--num_classes", "10", "--data_dir", digits,
+            "--ckpt_path", ckpt, "--num_parallel_workers", str((os.cpu_count() or 1) + 6)]
+    code, out, err = _main("validate", args + ["--model_kwargs", TINY_KWARGS], capsys)
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["images"] == 364
+    code, _, err = _main("validate", args + ["--model_kwargs", "{gelu: erf}"], capsys)
+    assert code == 2 and err == "error: bad arguments for slab_swin_tiny: gelu must be one of exact, tanh, " \
+                                "got 'erf'", err
+
+
 def test_best_ckpt_is_the_best_model_the_run_made(digits, tmp_path, capsys):
     """A one-epoch quick-start run recalibrates BN after its only validation: best.ckpt used to be
     saved before that (validate.py: 60.7% on best.ckpt, 85.7% on final.ckpt at the quick start's

@@ -105,8 +105,12 @@ def test_load_checkpoint_gives_the_ports_logits(port):
     assert err <= TOL, err
 
 
-def test_the_gelu_option_names_its_choices():
-    with pytest.raises(ValueError, match=r"^gelu must be one of exact, tanh, got 'erf'$"):
+def test_the_gelu_option_names_its_choices(tmp_path):
+    """Another value is one line naming the choices: from create_model, and from validate.py's
+    model_kwargs (exit 2)."""
+    from slab_ms.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"^bad arguments for swin_tiny_prepbn: gelu must be one of exact, tanh, "
+                                          r"got 'erf'$"):
         mini(gelu="erf")
 
 

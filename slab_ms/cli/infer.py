@@ -38,7 +38,8 @@ def main(argv=None):
                         "slab_ms/deploy/lite_runner (scripts/get_lite.sh); mindspore: nn.GraphCell; auto: the first "
                         "that can run the file")
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--threads", type=int, help="Lite C++ runner threads (default: the CPU count, at most 8)")
+    p.add_argument("--threads", type=int, help="Lite C++ runner threads (default: the CPU count, at most 8); "
+                   "for small images on few cores, leave one core to the decoding")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--quiet", action="store_true", help="only the JSON line, no line per image")
     p.add_argument("--strict", action="store_true",

@@ -49,7 +49,7 @@ SCHEMA = {
                                        "mindspore: mindcv's native decode ops, faster for training but a damaged "
                                        "JPEG can crash the process (bench/bench_data.py); evaluation always decodes "
                                        "with Pillow (same pixels)", ("pillow", "mindspore")),
-    "num_parallel_workers": (8, "int", "data pipeline workers per device"),
+    "num_parallel_workers": (8, "int", "data pipeline workers per device (at most the CPU count)"),
     "python_multiprocessing": (False, "bool", "run the pipeline's Python operations (Pillow decode, RandAugment) in "
                                               "worker processes instead of threads: threads are faster on few cores "
                                               "but share one interpreter lock (~1500 img/s per process, "

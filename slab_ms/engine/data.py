@@ -441,6 +441,12 @@ def eval_transforms(cfg, decoder=None):
     return [decoder if decoder is not None else ImageDecoder()] + ops[1:]
 
 
+def parallel_workers(cfg):
+    """``num_parallel_workers``, at most the CPU count (MindSpore refuses more; the shipped
+    ImageNet configs ask for 8)."""
+    return max(1, min(cfg.num_parallel_workers, os.cpu_count() or 1))
+
+
 def use_processes(cfg, python_multiprocessing=None):
     """Whether the loaders run the Python operations in worker processes (True) or threads (False):
     the argument when given, else the config's ``python_multiprocessing`` (default off)."""
@@ -462,13 +468,13 @@ def train_loader(cfg, rank=0, world=1, epoch=0, mixup=True, augment=True, decode
     ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.REPLACE)   # for callers iterating it directly
     dataset = create_dataset(name="imagenet", root=cfg.data_dir, split=cfg.train_split, shuffle=cfg.shuffle,
                              num_samples=cfg.num_samples, num_shards=world if world > 1 else None,
-                             shard_id=rank if world > 1 else None, num_parallel_workers=cfg.num_parallel_workers)
+                             shard_id=rank if world > 1 else None, num_parallel_workers=parallel_workers(cfg))
     use_mix = mixup and (cfg.mixup > 0 or cfg.cutmix > 0)
     return create_loader(dataset, batch_size=cfg.batch_size, drop_remainder=cfg.drop_remainder, is_training=use_mix,
                          mixup=cfg.mixup, cutmix=cfg.cutmix, cutmix_prob=cfg.cutmix_prob,
                          num_classes=cfg.num_classes,
                          transform=train_transforms(cfg, decoder) if augment else eval_transforms(cfg, decoder),
-                         num_parallel_workers=cfg.num_parallel_workers, python_multiprocessing=processes)
+                         num_parallel_workers=parallel_workers(cfg), python_multiprocessing=processes)
 
 
 def _decoded(image):
@@ -490,7 +496,7 @@ def eval_loader(cfg, split=None, rank=0, world=1, batch_size=None, decoder=None,
     decoder = decoder if decoder is not None else ImageDecoder()
     if processes:
         decoder.share_with_workers()
-    workers = cfg.num_parallel_workers
+    workers = parallel_workers(cfg)
     dataset = create_dataset(name="imagenet", root=cfg.data_dir, split=split or cfg.val_split, shuffle=False,
                              num_shards=world if world > 1 else None, shard_id=rank if world > 1 else None,
                              num_parallel_workers=workers)

@@ -126,7 +126,7 @@ def create_model(name: str, **overrides: Any) -> nn.Cell:
         raise unknown_model_error(name)
     try:
         return _MODELS[name](**overrides)
-    except TypeError as e:  # an override the family does not take
+    except (TypeError, ValueError) as e:  # an override the family does not take, or a value it refuses
         raise ConfigError(f"bad arguments for {name}: {e}") from None
 
 
