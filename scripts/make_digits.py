@@ -65,8 +65,8 @@ def main():
     p.add_argument("--size", type=int, default=32)
     args = p.parse_args()
     meta = build(args.out, args.size)
-    counts = {s: sum(len(os.listdir(os.path.join(args.out, s, c))) for c in os.listdir(os.path.join(args.out, s)))
-              for s in ("train", "val")}
+    counts = {s: sum(len(os.listdir(c.path)) for c in os.scandir(os.path.join(args.out, s)) if c.is_dir())
+              for s in ("train", "val")}   # class folders only: validate.py caches its content check beside them
     print(f"digits: {meta['images']} images at {args.size}x{args.size} in {args.out} "
           f"(train {counts['train']}, val {counts['val']})", file=sys.stderr)
 

@@ -203,3 +203,21 @@ def test_scripts_never_delete_a_folder_they_did_not_create(tmp_path):
     assert (mine / "keep.txt").read_text() == "user data"
     assert (out / "notes.txt").read_text() == "not quickstart's"
     assert sorted(os.listdir(out)) == ["notes.txt"] and sorted(os.listdir(mine)) == ["keep.txt"]
+
+
+def test_make_digits_runs_again_on_a_tree_validation_has_read(tmp_path):
+    """The quickstart run twice: the second make_digits.py keeps the tree (its mark matches) and counts
+    its images although validation's content check cache now sits beside the class folders (it
+    stopped at that file with NotADirectoryError)."""
+    from slab_ms.engine.data import content_check_cache_files
+    out = tmp_path / "digits"
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "make_digits.py"), "--out", str(out)]
+    first = _run(cmd)
+    assert first.returncode == 0, first.stderr[-2000:]
+    for split in ("train", "val"):
+        with open(content_check_cache_files(str(out / split))[0], "w") as f:
+            f.write("{}")
+    again = _run(cmd)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.strip().splitlines()[-1] == first.stderr.strip().splitlines()[-1]
+    assert "(train 1433, val 364)" in again.stderr
