@@ -28,9 +28,11 @@ Per case and runtime (lite-cpp once per thread count of ``--threads``: the runne
 From the medians over the rounds: ``whole`` = images / wall time (Python and MindSpore import, model
 load or Lite build, decoding, every batch); ``steady`` = (images - batch) / (last result - first
 result): the images/s once the first batch is out, start-up excluded. The ratios divide each by
-``predict``. With ``--before COMMIT`` the lite-cpp folder run is also timed (first round) with
-infer.py and slab_ms of that commit (``git archive``), with its default threads (the row with as
-many threads as infer.py's default, the CPU count up to 8).
+``predict``. ``runtime in the run`` = the same images / the runtime's own time in that command
+(``seconds.runtime`` less its first batch); steady divided by it is the share of the time the
+runtime was busy, what infer.py's own overhead leaves of it. With ``--before COMMIT`` the lite-cpp
+folder run is also timed (first round) with infer.py and slab_ms of that commit (``git archive``),
+with its default threads (the row with as many threads as infer.py's default, the CPU count up to 8).
 The 1-minute load average is read before each measurement. Writes ``--out`` and the same name with
 ``.json``.
 """
@@ -193,8 +195,8 @@ def main(argv=None):
                 for rt, t in [(x, t) for x in runtimes for t in (threads if x == "lite-cpp" else [None])]:
                     model = c["lite-cpp" if rt in ("lite-cpp", "lite") else "mindspore"]
                     r = rows.setdefault(f"{case}/{rt}/{t}", {"case": case, "runtime": rt, "threads": t, "n": c["n"],
-                                                             "predict": [], "wall": [], "steady": [], "before": [],
-                                                             "load": []})
+                                                             "predict": [], "wall": [], "steady": [], "inrun": [],
+                                                             "before": [], "load": []})
                     r["load"].append(os.getloadavg()[0])
                     loads.append(os.getloadavg())
                     if rt != "lite":
@@ -205,13 +207,16 @@ def main(argv=None):
                     assert result["images"] == c["n"], (result["images"], c["n"])
                     sec = result["seconds"]
                     r["wall"].append(wall)
-                    r["steady"].append((c["n"] - min(args.batch, c["n"])) / (sec["last_result"] - sec["first_result"]))
+                    after_first = c["n"] - min(args.batch, c["n"])
+                    r["steady"].append(after_first / (sec["last_result"] - sec["first_result"]))
+                    r["inrun"].append(after_first / (sec["runtime"] - sec["runtime_first_batch"]))
                     if before and rt == "lite-cpp" and rnd == 0 and t == default_threads:   # its only count
                         benv = dict(env, PYTHONPATH=before)
                         r["before"].append(time_infer(model, c["images"], rt, args.batch, benv, root=before)[0])
                     print(f"round {rnd + 1} {case}/{rt}" + (f"/{t} threads" if t else "")
                           + f": predict {r['predict'][-1] if r['predict'] else 0:.1f} img/s, "
-                          f"folder {wall:.2f} s, steady {r['steady'][-1]:.1f} img/s"
+                          f"folder {wall:.2f} s, steady {r['steady'][-1]:.1f} img/s "
+                          f"(runtime in the run {r['inrun'][-1]:.1f})"
                           + (f", before {r['before'][-1]:.2f} s" if r["before"] and rnd == 0 else "")
                           + f" (load {r['load'][-1]:.2f})", flush=True)
         loads.append(os.getloadavg())
@@ -219,19 +224,21 @@ def main(argv=None):
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)   # the temporary folder made above
     table = ["| case | runtime | threads | images | predict img/s (runtime's own, batch %d) | infer.py s | "
-             "whole img/s | whole / predict | steady img/s | steady / predict | before: infer.py s | load |"
-             % args.batch, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "whole img/s | whole / predict | steady img/s | steady / predict | runtime in the run img/s | "
+             "steady / in the run | before: infer.py s | load |" % args.batch,
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     out_rows = []
     for r in rows.values():
-        pred, wall, steady = med(r["predict"]), med(r["wall"]), med(r["steady"])
+        pred, wall, steady, inrun = med(r["predict"]), med(r["wall"]), med(r["steady"]), med(r["inrun"])
         whole = r["n"] / wall
+        busy = med([a / b for a, b in zip(r["steady"], r["inrun"])])
         row = dict(r, predict_ips=pred, wall_s=wall, whole_ips=whole, steady_ips=steady, whole_ratio=whole / pred,
-                   steady_ratio=steady / pred)
+                   steady_ratio=steady / pred, inrun_ips=inrun, steady_inrun_ratio=busy)
         out_rows.append(row)
         before = f"{med(r['before']):.2f}" if r["before"] else ""
         table.append(f"| {r['case']} | {r['runtime']} | {r['threads'] or 'default'} | {r['n']} | {pred:.1f} | "
                      f"{wall:.2f} | {whole:.1f} | "
-                     f"{whole / pred:.2f} | {steady:.1f} | {steady / pred:.2f} | {before} | "
+                     f"{whole / pred:.2f} | {steady:.1f} | {steady / pred:.2f} | {inrun:.1f} | {busy:.2f} | {before} | "
                      f"{min(r['load']):.1f}-{max(r['load']):.1f} |")
     date = datetime.date.today().isoformat()
     machine = machine_line()
@@ -244,7 +251,10 @@ def main(argv=None):
              "mindspore, a GraphCell's median call in its own process. infer.py s: the whole `infer.py --quiet` "
              "command on the folder (Python and MindSpore import, model load or Lite build, decoding, batches). "
              f"whole = images / that; steady = (images - {args.batch}) / (last result - first result), from the "
-             "command's own `seconds`: the images/s once started.",
+             "command's own `seconds`: the images/s once started. runtime in the run: the same images over the "
+             "runtime's own time in that command (`seconds.runtime` less its first batch: the Lite runner's "
+             "Predict, GraphCell's call); steady / in the run (median of the rounds' ratios): the share of the "
+             "time the runtime was busy.",
              "- threads: Lite's, for the runner's Predict and `infer.py --threads` alike; mindspore runs with "
              "MindSpore's own.",
              "- before: the same command with infer.py and slab_ms of the `--before` commit and its default "

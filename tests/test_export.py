@@ -153,7 +153,9 @@ def test_infer_matches_the_validation_pipeline(tiny_export, tmp_path):
         np.testing.assert_allclose([q for _, q in r["top"]], np.sort(pr)[::-1][:5], atol=1e-5)
     with open(out) as f:
         assert json.load(f) == result
-    assert 0 < result["seconds"]["first_result"] <= result["seconds"]["last_result"]
+    sec = result["seconds"]
+    assert 0 < sec["first_result"] <= sec["last_result"]
+    assert 0 < sec["runtime_first_batch"] < sec["runtime"] < sec["last_result"]   # 23 batches in the GraphCell
 
 
 @pytest.mark.parametrize("prep", [

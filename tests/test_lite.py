@@ -92,7 +92,7 @@ def test_lite_runtime_gives_mindspores_logits(name, tmp_path):
         for x in xs:
             got, want = runner(x), net(ms.Tensor(x)).asnumpy()
             assert got.shape == want.shape and rel_err(got, want) < 1e-5, (x.shape, rel_err(got, want))
-        assert runner._proc.pid == pid and runner.batches == 3
+        assert runner._proc.pid == pid and len(runner.times) == 3
     assert runner._proc is None
 
 
@@ -164,6 +164,8 @@ def test_infer_lite_cpp_scores_the_digits_as_validation_does(digits_lite, tmp_pa
     labels = np.array([int(os.path.basename(os.path.dirname(f))) for f in
                        sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(digits, "val")) for f in fs)])
     assert result["images"] == 364
+    sec = result["seconds"]   # the runner's own Predict time, in the runner process: less than the call's
+    assert 0 < sec["runtime_first_batch"] < sec["runtime"] < sec["last_result"]
     assert result["top1"] == [str(i) for i in logits.argmax(1)]
     assert result["folder_top1"] == pytest.approx(float(np.mean(logits.argmax(1) == labels)), abs=1e-9)
 
@@ -186,7 +188,7 @@ def test_two_batches_in_flight_come_back_in_order(digits_lite):
         for got, x in ((got_a, a), (got_b, b)):
             want = net(ms.Tensor(x)).asnumpy()
             assert got.shape == want.shape and rel_err(got, want) < 1e-5
-        assert runner.batches == 2 and runner.depth(np.zeros((runner._pipe // 8, 1), np.float32)) == 1
+        assert len(runner.times) == 2 and runner.depth(np.zeros((runner._pipe // 8, 1), np.float32)) == 1
 
 
 def _ended(pid):

@@ -9,7 +9,8 @@ Preprocessing is validate.py's evaluation transform with the values recorded by 
 to the model (``X.mindir.json``), or from ``--config``.
 Prints the top-5 classes with probabilities per image, then one JSON line: per-file predictions
 in ``predictions`` (``--output`` writes the record to a file too), and in ``seconds`` when the
-first and the last results came, counted from the start after the imports. An image that cannot
+first and the last results came, counted from the start after the imports, and the time spent in
+the runtime (``runtime``, its first batch ``runtime_first_batch``; the Lite runner's own Predict). An image that cannot
 be decoded is skipped, named on stderr and counted (``bad_images``, ``skipped``), as validate.py
 does; ``--strict`` stops at it instead. Every error is one line naming the file it is about.
 """
@@ -90,7 +91,8 @@ def main(argv=None):
         summary["folder_top1"] = float(np.mean([r["top"][0][0] == f for r, f in zip(results, folders)]))
     summary.update(top1=[r["top"][0][0] for r in results], top1_prob=[r["top"][0][1] for r in results],
                    predictions=results, skipped=skipped,
-                   seconds={"first_result": round(first, 4), "last_result": round(last, 4)})
+                   seconds={"first_result": round(first, 4), "last_result": round(last, 4),
+                            "runtime": round(sum(runner.times), 4), "runtime_first_batch": round(runner.times[0], 4)})
     if args.output:
         try:
             write_json(args.output, summary)

@@ -7,6 +7,7 @@ import signal
 import struct
 import subprocess
 import tempfile
+import time
 import weakref
 
 try:
@@ -26,6 +27,7 @@ class LiteRunner:
 
     def __init__(self, path, device):
         import mindspore_lite as mslite
+        self.times = []   # seconds inside predict, per batch
         context = mslite.Context()
         context.target = [device]
         self.model = mslite.Model()
@@ -36,7 +38,10 @@ class LiteRunner:
         if list(inputs[0].shape) != list(batch.shape):
             self.model.resize(inputs, [list(batch.shape)])
         inputs[0].set_data_from_numpy(batch)
-        return self.model.predict(inputs)[0].get_data_to_numpy()
+        t = time.perf_counter()
+        out = self.model.predict(inputs)[0].get_data_to_numpy()
+        self.times.append(time.perf_counter() - t)
+        return out
 
 
 class GraphCellRunner:
@@ -49,6 +54,7 @@ class GraphCellRunner:
         ms.set_context(mode=ms.GRAPH_MODE)
         ms.set_device({"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}[device])
         self.ms = ms
+        self.times = []   # seconds inside the call (input copy, graph run, output copy), per batch
         try:
             self.cell = ms.nn.GraphCell(ms.load(path))
         except RuntimeError as e:   # MindSpore's own words start with its C++ context: keep their first line
@@ -56,7 +62,10 @@ class GraphCellRunner:
             raise ConfigError(f"{path}: MindSpore could not load this MindIR ({first})") from None
 
     def __call__(self, batch):
-        return self.cell(self.ms.Tensor(batch)).asnumpy()
+        t = time.perf_counter()
+        out = self.cell(self.ms.Tensor(batch)).asnumpy()
+        self.times.append(time.perf_counter() - t)
+        return out
 
 
 class LiteRunnerError(RuntimeError):
@@ -102,8 +111,7 @@ class LiteCppRunner:
             raise ConfigError("the MindSpore Lite runner is not built: run bash scripts/get_lite.sh (or set "
                               "SLAB_LITE_RUNNER)")
         self.threads = threads or default_lite_threads()
-        self.predict_s = 0.0   # the runner's own Predict time, summed over the batches answered
-        self.batches = 0
+        self.times = []   # the runner's own Predict time (seconds), per batch answered
         self._proc, self._pending = None, collections.deque()   # shapes of the batches submitted, not collected
         self._start()
 
@@ -195,8 +203,7 @@ class LiteCppRunner:
         except (OSError, ValueError, struct.error):
             self._fail(shape)
         self._pending.popleft()
-        self.predict_s += ms / 1000
-        self.batches += 1
+        self.times.append(ms / 1000)
         return result
 
     def __call__(self, batch):
