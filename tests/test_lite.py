@@ -191,6 +191,51 @@ def test_two_batches_in_flight_come_back_in_order(digits_lite):
         assert len(runner.times) == 2 and runner.depth(np.zeros((runner._pipe // 8, 1), np.float32)) == 1
 
 
+def _threads(pid):
+    """``{thread id: (CPU time in ticks, the CPUs it may run on, e.g. "0-1")}`` of process ``pid``."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            cpus = next(ln.split(":")[1].strip() for ln in f if ln.startswith("Cpus_allowed_list"))
+        out[tid] = (int(fields[11]) + int(fields[12]), cpus)
+    return out
+
+
+@needs_lite
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to split")
+def test_the_runner_and_the_decoder_get_cores_of_their_own(digits_lite):
+    """make_runner(own_cores=True), what infer.py asks for: with Lite's threads fewer than the CPUs,
+    the runner's threads that work run on the first CPUs (Lite binds its kernel threads there
+    itself; an idle one of its own it binds elsewhere) and the calling thread on the others; with
+    no CPU to spare both keep every CPU. The runner refuses a --cpus that is not a CPU list."""
+    from slab_ms.deploy import make_runner
+    model_file = digits_lite[3]
+    cpus = sorted(os.sched_getaffinity(0))
+    x = np.zeros((4, 3, 32, 32), np.float32)
+    try:
+        runner, _ = make_runner(model_file, "cpu", "lite-cpp", threads=1, own_cores=True)
+        with runner:
+            assert runner(x).shape == (4, 10)   # built: Lite's threads exist
+            before = _threads(runner._proc.pid)
+            for _ in range(300):
+                runner(x)
+            after = _threads(runner._proc.pid)
+            worked = {tid: cpus_of for tid, (ticks, cpus_of) in after.items() if ticks > before[tid][0] + 2}
+            assert worked and set(worked.values()) == {str(cpus[0])}, after
+            assert after[str(runner._proc.pid)][1] == str(cpus[0])   # the process itself
+            assert sorted(os.sched_getaffinity(0)) == cpus[1:]
+    finally:
+        os.sched_setaffinity(0, cpus)
+    runner, _ = make_runner(model_file, "cpu", "lite-cpp", threads=len(cpus), own_cores=True)
+    with runner:
+        assert runner(x).shape == (4, 10)
+        assert "--cpus" not in runner._proc.args and sorted(os.sched_getaffinity(0)) == cpus
+    p = subprocess.run([RUNNER, model_file, "--serve", "--cpus", "1,x"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stderr.strip() == "error: --cpus: not a CPU list: 1,x", p.stderr
+
+
 def _ended(pid):
     """Whether a process is gone (or a zombie left to a parent that is gone)."""
     try:

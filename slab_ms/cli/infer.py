@@ -56,7 +56,7 @@ def main(argv=None):
         check_model_file(args.model_file)
         meta = load_meta(args.model_file, args.config)
         paths = list_images(args.images)
-        runner, why = make_runner(args.model_file, args.device, args.runtime, meta, args.threads)
+        runner, why = make_runner(args.model_file, args.device, args.runtime, meta, args.threads, own_cores=True)
         print(f"runtime: {runner.name} ({args.device})" + (f"; {why}" if why else ""), flush=True)
         results, skipped = [], []
         strict = args.strict or os.path.isfile(args.images)   # one image: its failure is the error

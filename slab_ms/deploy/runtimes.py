@@ -98,14 +98,15 @@ class LiteCppRunner:
     batches go through its stdin and stdout); it starts here, so the build overlaps what the caller
     does next, and ends with :meth:`close`, the ``with`` block, garbage collection or the interpreter.
     ``submit`` then ``collect`` let the caller prepare the next batch while one runs; calling the
-    runner does both. Batches submitted are answered in order; :meth:`depth` says how many may be
+    runner does both. ``cpus``: the CPUs the runner process may use (``--cpus``; default: any).
+    Batches submitted are answered in order; :meth:`depth` says how many may be
     waiting at once without a write ever blocking (two where they fit in the enlarged input pipe, so
     the runner starts the next batch the moment one ends). A failure (the runner's own ``error:`` line,
     or its crash) is a :class:`LiteRunnerError` naming the model; the next batch starts a new process."""
     name = "mindspore_lite C++ (lite_runner)"
 
-    def __init__(self, path, device, runner=None, threads=None):
-        self.path, self.device = path, device
+    def __init__(self, path, device, runner=None, threads=None, cpus=None):
+        self.path, self.device, self.cpus = path, device, list(cpus or [])
         self.runner = runner or default_lite_runner()
         if not self.runner or not os.access(self.runner, os.X_OK):
             raise ConfigError("the MindSpore Lite runner is not built: run bash scripts/get_lite.sh (or set "
@@ -117,8 +118,9 @@ class LiteCppRunner:
 
     def _start(self):
         err = tempfile.TemporaryFile()   # the runner's stderr: a file, so a chatty runner never blocks
+        cpus = ["--cpus", ",".join(map(str, self.cpus))] if self.cpus else []
         proc = subprocess.Popen([self.runner, self.path, "--serve", "--device", self.device, "--threads",
-                                 str(self.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+                                 str(self.threads), *cpus], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
         self._proc, self._err = proc, err
         self._pipe = 65536   # Linux's default pipe capacity; raised where the kernel allows
         with contextlib.suppress(AttributeError, OSError):
@@ -297,19 +299,24 @@ def is_lite_compatible(path):
 RUNTIMES = ("auto", "lite", "lite-cpp", "mindspore")
 
 
-def make_runner(path, device, runtime="auto", meta=None, threads=None):
+def make_runner(path, device, runtime="auto", meta=None, threads=None, own_cores=False):
     """``(runner, note)`` for ``runtime``: ``lite`` (the ``mindspore_lite`` Python package),
     ``lite-cpp`` (the C++ runner of ``lite_runner/``), ``mindspore`` (GraphCell), or ``auto``: the first of those
     that can run this file, with a note saying why the others were not used. ``meta`` (the export
     record) tells a file rewritten for Lite 2.0, which GraphCell cannot run. Close a runner that
-    has ``close`` when done (the C++ runner holds a process)."""
+    has ``close`` when done (the C++ runner holds a process).
+
+    ``own_cores``: where the C++ runner's threads leave CPUs of this process free (on CPU), the
+    runner runs on the first ``threads`` of them (where Lite 2.0 binds its kernel threads anyway)
+    and the calling thread, which decodes the next batch, on the others: neither is scheduled onto
+    the other's core."""
     compat = bool((meta or {}).get("mindir_compat"))
     refused = (f"{path} was written for Lite 2.0 (export.py --mindir-compat), a form MindSpore's GraphCell "
                f"does not run")
     if runtime == "lite":
         return LiteRunner(path, device), None
     if runtime == "lite-cpp":
-        return LiteCppRunner(path, device, threads=threads), None
+        return _lite_cpp(path, device, None, threads, own_cores), None
     if runtime == "mindspore":
         if compat:
             raise ConfigError(refused + ": use --runtime lite-cpp, or export without --mindir-compat")
@@ -321,10 +328,22 @@ def make_runner(path, device, runtime="auto", meta=None, threads=None):
         pass
     runner = default_lite_runner()
     if runner and (compat or is_lite_compatible(path)):
-        return LiteCppRunner(path, device, runner, threads), "mindspore_lite (Python) is not installed"
+        return _lite_cpp(path, device, runner, threads, own_cores), "mindspore_lite (Python) is not installed"
     if compat:
         raise ConfigError(refused + ", and no Lite runtime is built: run bash scripts/get_lite.sh, or export "
                           "without --mindir-compat")
     why = "no Lite runtime (bash scripts/get_lite.sh builds the C++ one)" if not runner else \
         "the file is not Lite 2.0 compatible (export.py --mindir-compat 2.0 writes one)"
     return GraphCellRunner(path, device), why
+
+
+def _lite_cpp(path, device, runner, threads, own_cores):
+    """A LiteCppRunner; with ``own_cores`` (see :func:`make_runner`) the CPUs split between it and the caller."""
+    threads = threads or default_lite_threads()
+    cpus = sorted(os.sched_getaffinity(0)) if own_cores and device == "cpu" and hasattr(os, "sched_getaffinity") \
+        else []
+    if len(cpus) <= threads:   # no CPU to spare for the caller: leave the scheduler to it
+        return LiteCppRunner(path, device, runner, threads)
+    lite = LiteCppRunner(path, device, runner, threads, cpus=cpus[:threads])   # Lite binds its i-th to CPU i
+    os.sched_setaffinity(0, cpus[threads:])   # this thread, and the threads it starts from now on
+    return lite

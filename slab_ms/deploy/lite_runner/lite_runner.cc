@@ -1,7 +1,9 @@
 // Minimal MindSpore Lite C++ runner. Two modes:
 //   lite_runner MODEL.mindir IN.npy OUT.npy [--device cpu|gpu|ascend] [--threads N] [--verbose] [--repeat N]
 //                                           [--profile]
-//   lite_runner MODEL.mindir --serve [--device ...] [--threads N] [--verbose]
+//   lite_runner MODEL.mindir --serve [--device ...] [--threads N] [--cpus 2,3] [--verbose]
+// --cpus: the CPUs the process and the threads it starts run on (sched_setaffinity). Lite 2.0 binds its
+// kernel threads itself, the i-th to CPU i: give it the first CPUs.
 // One batch: IN.npy is float32, C order, little endian; its shape (batch included) is set with
 // Model::Resize. OUT.npy: the first model output, float32. Prints one JSON line {"input_shape":..,
 // "output_shape":..} (with --repeat N, "predict_ms" and "predict_ms_median": the mean and the median of N
@@ -15,6 +17,7 @@
 // A batch with another shape than the last one is Resize'd to (only the batch may differ from the model's).
 // Any failure, in either mode: one line "error: ..." on stderr, exit code 1 (in --serve nothing more is
 // written to stdout).
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -282,7 +285,8 @@ int main(int argc, char **argv) {
   if (argc < (serve ? 3 : 4)) {
     std::cerr << "usage: lite_runner MODEL.mindir IN.npy OUT.npy [--device cpu|gpu|ascend] [--threads N] "
                  "[--verbose] [--repeat N] [--profile]\n"
-                 "       lite_runner MODEL.mindir --serve [--device cpu|gpu|ascend] [--threads N] [--verbose]"
+                 "       lite_runner MODEL.mindir --serve [--device cpu|gpu|ascend] [--threads N] [--cpus LIST] "
+                 "[--verbose]"
               << std::endl;
     return 2;
   }
@@ -291,7 +295,7 @@ int main(int argc, char **argv) {
   int threads = 2;
   bool verbose = false, profile = false;
   int repeat = 0;  // extra timed Predict calls (after the first one)
-  std::string device = "cpu";
+  std::string device = "cpu", cpus;
   for (int i = serve ? 3 : 4; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--device" && i + 1 < argc) device = argv[++i];
@@ -299,7 +303,21 @@ int main(int argc, char **argv) {
     else if (a == "--verbose") verbose = true;
     else if (a == "--repeat" && i + 1 < argc) repeat = std::atoi(argv[++i]);
     else if (a == "--profile") profile = true;
+    else if (a == "--cpus" && i + 1 < argc) cpus = argv[++i];
     else Fail("unknown argument " + a);
+  }
+  if (!cpus.empty()) {  // before Lite starts a thread: they all inherit the mask
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    std::stringstream list(cpus);
+    std::string item;
+    while (std::getline(list, item, ',')) {
+      char *end = nullptr;
+      long cpu = std::strtol(item.c_str(), &end, 10);
+      if (item.empty() || *end != '\0' || cpu < 0 || cpu >= CPU_SETSIZE) Fail("--cpus: not a CPU list: " + cpus);
+      CPU_SET(static_cast<int>(cpu), &set);
+    }
+    if (sched_setaffinity(0, sizeof(set), &set) != 0) Fail("--cpus " + cpus + ": " + std::strerror(errno));
   }
   // Lite logs warnings and errors to stderr; keep only our one-line error unless --verbose or GLOG_v is set.
   // Lite reads GLOG_v when its libraries load, before main: set it and run this program again.
