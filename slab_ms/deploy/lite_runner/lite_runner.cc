@@ -1,6 +1,6 @@
 // Minimal MindSpore Lite C++ runner. Two modes:
-//   lite_runner MODEL.mindir IN.npy OUT.npy [--device cpu|gpu|ascend] [--threads N] [--verbose] [--repeat N]
-//                                           [--profile]
+//   lite_runner MODEL.mindir IN.npy OUT.npy [--device cpu|gpu|ascend] [--threads N] [--cpus 0,1] [--verbose]
+//                                           [--repeat N] [--profile]
 //   lite_runner MODEL.mindir --serve [--device ...] [--threads N] [--cpus 2,3] [--verbose]
 // --cpus: the CPUs the process and the threads it starts run on (sched_setaffinity). Lite 2.0 binds its
 // kernel threads itself, the i-th to CPU i: give it the first CPUs.
@@ -284,7 +284,7 @@ int main(int argc, char **argv) {
   bool serve = argc >= 3 && std::string(argv[2]) == "--serve";
   if (argc < (serve ? 3 : 4)) {
     std::cerr << "usage: lite_runner MODEL.mindir IN.npy OUT.npy [--device cpu|gpu|ascend] [--threads N] "
-                 "[--verbose] [--repeat N] [--profile]\n"
+                 "[--cpus LIST] [--verbose] [--repeat N] [--profile]\n"
                  "       lite_runner MODEL.mindir --serve [--device cpu|gpu|ascend] [--threads N] [--cpus LIST] "
                  "[--verbose]"
               << std::endl;
