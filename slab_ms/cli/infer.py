@@ -10,9 +10,10 @@ to the model (``X.mindir.json``), or from ``--config``.
 Prints the top-5 classes with probabilities per image, then one JSON line: per-file predictions
 in ``predictions`` (``--output`` writes the record to a file too), and in ``seconds`` when the
 first and the last results came, counted from the start after the imports, and the time spent in
-the runtime (``runtime``, its first batch ``runtime_first_batch``; the Lite runner's own Predict). An image that cannot
-be decoded is skipped, named on stderr and counted (``bad_images``, ``skipped``), as validate.py
-does; ``--strict`` stops at it instead. Every error is one line naming the file it is about.
+the runtime (``runtime``, its first batch ``runtime_first_batch``; the Lite runner's own Predict).
+An image that cannot be decoded is skipped, named on stderr and counted (``bad_images``,
+``skipped``), as validate.py does; ``--strict`` stops at it instead. Every error is one line
+naming the file it is about.
 """
 import argparse
 import concurrent.futures

@@ -59,9 +59,9 @@ class Preprocess:
         from mindspore.dataset.transforms import Compose
         from ..engine.data import eval_transforms
         cfg = load_config(None, {k: (json.dumps(v) if isinstance(v, list) else str(v)) for k, v in prep.items()})
-        self.decode, *self.steps = eval_transforms(cfg)
+        self.decode, *steps = eval_transforms(cfg)
         self._batched, run = [], []
-        for step in self.steps + [None]:
+        for step in steps + [None]:
             name = type(step).__name__
             if name in self.BATCHED:
                 run.append(step)
